@@ -127,7 +127,13 @@ export class FileBlobStore implements BlobStore {
       await fs.rm(file, { force: true });
       return;
     }
-    await fs.chmod(file, 0o444);
+    const handle = await fs.open(file, 'r');
+    try {
+      await handle.datasync(); // durable before it becomes visible under its digest
+      await handle.chmod(0o444);
+    } finally {
+      await handle.close();
+    }
     await renameIntoPlace(file, this.pathOf(d));
     this.present.set(d.hash, d.sizeBytes);
   }

@@ -1,6 +1,19 @@
 // Assembles the gRPC server: storage, service logic, and the handlers that expose them.
 import * as grpc from '@grpc/grpc-js';
-import { addService, ActionCacheService as AcDef, ByteStreamService as BsDef, CapabilitiesService as CapsDef, CasService as CasDef } from '../apis/services';
+import {
+  addService,
+  ActionCacheService as AcDef,
+  ByteStreamService as BsDef,
+  CapabilitiesService as CapsDef,
+  CasService as CasDef,
+  ExecutionService as ExecDef,
+  OperationsService as OpsDef,
+} from '../apis/services';
+import { ActionQueue, MAX_PRIORITY, MIN_PRIORITY } from '../scheduler/action-queue';
+import { ExecutionService } from '../scheduler/execution-service';
+import { toOperation } from '../scheduler/operation-proto';
+import { OperationRecord, OperationStore } from '../scheduler/operation-store';
+import { OperationsService } from '../scheduler/operations-service';
 import { ActionCacheService } from '../cas/action-cache-service';
 import { Storage } from '../cas/blob-store';
 import { ByteStreamService } from '../cas/bytestream-service';
@@ -13,6 +26,8 @@ import { clientStream, notImplemented, serverStream, unary } from './grpc-adapte
 export interface ServerOptions {
   storage: Storage;
   allowActionCacheUpdates?: boolean;
+  /** Offer remote execution: where operations live and the queue workers take actions from. */
+  scheduler?: { operations: OperationStore; queue: ActionQueue };
 }
 
 export interface RunningServer {
@@ -31,7 +46,10 @@ export async function startServer(listen: string, options: ServerOptions): Promi
   const cas = new CasService(storage);
   const actionCache = new ActionCacheService(storage, { allowClientUpdates: allowActionCacheUpdates });
   const bytestream = new ByteStreamService(storage, uploads);
-  const capabilities = new CapabilitiesService({ allowActionCacheUpdates });
+  const capabilities = new CapabilitiesService({
+    allowActionCacheUpdates,
+    execution: options.scheduler ? { minPriority: MIN_PRIORITY, maxPriority: MAX_PRIORITY } : undefined,
+  });
 
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_GRPC_MESSAGE_BYTES,
@@ -58,6 +76,8 @@ export async function startServer(listen: string, options: ServerOptions): Promi
     QueryWriteStatus: unary('QueryWriteStatus', (req) => bytestream.queryWriteStatus(req)),
   });
 
+  if (options.scheduler) addExecution(server, storage, actionCache, options.scheduler);
+
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
@@ -75,6 +95,46 @@ export async function startServer(listen: string, options: ServerOptions): Promi
         });
       }),
   };
+}
+
+function addExecution(server: grpc.Server, storage: Storage, actionCache: ActionCacheService, scheduler: NonNullable<ServerOptions['scheduler']>): void {
+  const execution = new ExecutionService(storage, actionCache, scheduler.operations, scheduler.queue);
+  const operations = new OperationsService(scheduler.operations, scheduler.queue);
+  addService(server, ExecDef, {
+    Execute: serverStream('Execute', (req, call) => operationStream(call, (signal) => execution.execute(req, signal))),
+    WaitExecution: serverStream('WaitExecution', (req, call) => operationStream(call, (signal) => execution.waitExecution(req, signal))),
+  });
+  addService(server, OpsDef, {
+    GetOperation: unary('GetOperation', async (req) => toOperation(await operations.get(req.name))),
+    ListOperations: unary('ListOperations', async (req) => {
+      const page = await operations.list(req);
+      return { operations: page.records.map(toOperation), nextPageToken: page.nextPageToken };
+    }),
+    CancelOperation: unary('CancelOperation', async (req) => {
+      await operations.cancel(req.name);
+      return {};
+    }),
+    DeleteOperation: unary('DeleteOperation', async (req) => {
+      await operations.delete(req.name);
+      return {};
+    }),
+    WaitOperation: unary('WaitOperation', async (req) => toOperation(await operations.wait(req))),
+  });
+}
+
+/** Streams operation states as Operations until done; stops watching when the client leaves. */
+async function* operationStream(call: grpc.ServerWritableStream<unknown, unknown>, source: (signal: AbortSignal) => AsyncIterable<OperationRecord>) {
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  call.once('cancelled', stop);
+  call.once('close', stop);
+  try {
+    for await (const record of source(abort.signal)) yield toOperation(record);
+  } finally {
+    call.off('cancelled', stop);
+    call.off('close', stop);
+    abort.abort();
+  }
 }
 
 /**

@@ -1,0 +1,143 @@
+// One action, start to finish, as visible stages: fetch inputs -> run -> upload outputs.
+// Every stage records its timestamps in ExecutedActionMetadata; whatever happens, the action's
+// directory is removed and its cache pins released.
+import { randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { status } from '@grpc/grpc-js';
+import { protobuf, rex } from '../apis';
+import { Digest, digestKey } from '../cas/digest';
+import { LoadedAction, loadAction } from '../scheduler/action-loader';
+import { containerImage } from '../scheduler/platform';
+import { RpcError } from '../server/rpc-error';
+import { ContentAccess } from './content-access';
+import { FileCache } from './file-cache';
+import { createOutputParents, materializeInputRoot } from './input-tree';
+import { collectOutputs, uploadStdio } from './output-collector';
+import { Sandbox } from './sandbox/sandbox';
+
+export interface PipelineOptions {
+  workerName: string;
+  access: ContentAccess;
+  cache: FileCache;
+  sandbox: Sandbox;
+  /** Actions get their own directories below this (same filesystem as the cache, for hardlinks). */
+  actionsDir: string;
+  defaultImage: string;
+  /** Owner of the input root's directories: the user actions run as. */
+  uid: number;
+  gid: number;
+  /** Used when the Action sets no timeout, and the most an Action may ask for. */
+  defaultTimeoutMs: number;
+  maxTimeoutMs: number;
+}
+
+export interface PipelineOutcome {
+  result?: rex.ActionResult;
+  /** OK, DEADLINE_EXCEEDED (result kept), or the error that stopped the action. */
+  status: { code: status; message: string; missing?: string[] };
+  cacheable: boolean;
+}
+
+/** Decoded Directory protos are shared between actions: input trees repeat a lot. */
+const directoryCache = new Map<string, rex.Directory>();
+const DIRECTORY_CACHE_LIMIT = 50_000;
+
+export async function runActionPipeline(
+  opts: PipelineOptions,
+  instanceName: string,
+  actionDigest: Digest,
+  queuedAt: number,
+): Promise<PipelineOutcome> {
+  const meta: rex.ExecutedActionMetadata.$Properties = { worker: opts.workerName, queuedTimestamp: timestamp(queuedAt), workerStartTimestamp: now() };
+  const actionDir = path.join(opts.actionsDir, randomUUID());
+  const root = path.join(actionDir, 'root');
+  let release: (() => void) | undefined;
+  let loaded: LoadedAction | undefined;
+  try {
+    loaded = await loadAction((d) => opts.access.read(instanceName, d), actionDigest);
+    const { action, command } = loaded;
+
+    meta.inputFetchStartTimestamp = now();
+    // The action's own directory belongs to the action user: its stdout/stderr and TMPDIR live here.
+    await fs.mkdir(path.join(actionDir, 'tmp'), { recursive: true });
+    await fs.chown(actionDir, opts.uid, opts.gid);
+    await fs.chown(path.join(actionDir, 'tmp'), opts.uid, opts.gid);
+    await fs.mkdir(root);
+    const staged = await materializeInputRoot({
+      instanceName,
+      rootDigest: loaded.inputRootDigest,
+      access: opts.access,
+      cache: opts.cache,
+      dest: root,
+      uid: opts.uid,
+      gid: opts.gid,
+      directoryCache,
+    });
+    release = staged.release;
+    if (directoryCache.size > DIRECTORY_CACHE_LIMIT) directoryCache.clear();
+    const outputs = command.outputPaths.length > 0 ? command.outputPaths : [...command.outputFiles, ...command.outputDirectories];
+    await createOutputParents(root, command.workingDirectory, outputs, opts.uid, opts.gid);
+    meta.inputFetchCompletedTimestamp = now();
+
+    const env: Record<string, string> = {};
+    for (const v of command.environmentVariables) env[v.name ?? ''] = v.value ?? '';
+    // Each action gets a private TMPDIR unless it chose one itself.
+    env.TMPDIR ??= path.join(actionDir, 'tmp');
+    const timeoutMs = actionTimeout(action, opts);
+    meta.executionStartTimestamp = now();
+    const run = await opts.sandbox.run({
+      image: containerImage(loaded.platform, opts.defaultImage),
+      argv: command.arguments,
+      env,
+      cwd: path.join(root, command.workingDirectory),
+      stdoutPath: path.join(actionDir, 'stdout'),
+      stderrPath: path.join(actionDir, 'stderr'),
+      timeoutMs,
+    });
+    meta.executionCompletedTimestamp = now();
+
+    meta.outputUploadStartTimestamp = now();
+    const collected = await collectOutputs({ instanceName, access: opts.access, root, workingDirectory: command.workingDirectory, command });
+    const stdoutDigest = await uploadStdio(opts.access, instanceName, path.join(actionDir, 'stdout'));
+    const stderrDigest = await uploadStdio(opts.access, instanceName, path.join(actionDir, 'stderr'));
+    meta.outputUploadCompletedTimestamp = now();
+    meta.workerCompletedTimestamp = now();
+
+    const result = rex.ActionResult.create({
+      ...collected,
+      exitCode: run.timedOut ? -1 : run.exitCode,
+      stdoutDigest,
+      stderrDigest,
+      executionMetadata: meta,
+    });
+    if (run.timedOut) {
+      return {
+        result,
+        status: { code: status.DEADLINE_EXCEEDED, message: `action ${digestKey(actionDigest)} exceeded its ${timeoutMs} ms timeout and was killed` },
+        cacheable: false,
+      };
+    }
+    return { result, status: { code: status.OK, message: '' }, cacheable: run.exitCode === 0 && !action.doNotCache };
+  } catch (err) {
+    const e = err instanceof RpcError ? err : new RpcError(status.INTERNAL, `action ${digestKey(actionDigest)} on ${opts.workerName}: ${(err as Error).message}`);
+    return { status: { code: e.code, message: e.message, missing: e.missing }, cacheable: false };
+  } finally {
+    release?.();
+    await fs.rm(actionDir, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+function actionTimeout(action: rex.Action, opts: PipelineOptions): number {
+  const t = action.timeout;
+  const ms = t ? Number(t.seconds ?? 0) * 1000 + Math.floor((t.nanos ?? 0) / 1e6) : 0;
+  return ms > 0 ? Math.min(ms, opts.maxTimeoutMs) : opts.defaultTimeoutMs;
+}
+
+function timestamp(ms: number): protobuf.Timestamp.$Properties {
+  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+}
+
+function now(): protobuf.Timestamp.$Properties {
+  return timestamp(Date.now());
+}

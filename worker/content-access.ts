@@ -1,0 +1,14 @@
+// How a worker reaches the CAS: directly (embedded, same process as the storage) or over gRPC
+// (a standalone worker). Everything in worker/ talks to this interface only.
+import type { Digest } from '../cas/digest';
+
+export interface ContentAccess {
+  findMissing(instanceName: string, digests: Digest[]): Promise<Digest[]>;
+  /** A whole small blob (Directory, Command, Action protos); undefined if absent. */
+  read(instanceName: string, digest: Digest): Promise<Buffer | undefined>;
+  /** Streams a blob into a new file at `path`, verifying its digest; false if absent. */
+  fetchToFile(instanceName: string, digest: Digest, path: string): Promise<boolean>;
+  /** Uploads a local file whose digest the caller computed. The file is left in place. */
+  uploadFile(instanceName: string, digest: Digest, path: string): Promise<void>;
+  uploadBlob(instanceName: string, digest: Digest, data: Buffer): Promise<void>;
+}

@@ -1,0 +1,142 @@
+// The rules an input Directory must follow before the worker lays it out on disk, and the
+// check that a symlink stays inside the input root. Pure: no I/O, so the rules are easy to test
+// and shared by everything that places a Merkle tree on a filesystem.
+import { rex } from '../apis';
+import { Digest, digestKey, validateDigest } from '../cas/digest';
+import { invalidArgument } from '../server/rpc-error';
+
+/** Longest file name most filesystems accept (NAME_MAX), in UTF-8 bytes. */
+const MAX_NAME_BYTES = 255;
+/** Symlink hops allowed while resolving one target, as Linux allows before ELOOP. */
+const MAX_SYMLINK_HOPS = 40;
+
+export interface CheckedFile {
+  name: string;
+  digest: Digest;
+  isExecutable: boolean;
+}
+
+/** A Directory that passed every rule, with normalized digests and lookups by name. */
+export interface CheckedDirectory {
+  digest: Digest;
+  files: CheckedFile[];
+  directories: { name: string; digest: Digest }[];
+  symlinks: { name: string; target: string }[];
+  directoryByName: Map<string, Digest>;
+  symlinkByName: Map<string, string>;
+}
+
+/** Orders names by their UTF-8 bytes: what protobuf strings are, and how Go-based servers sort. */
+export function compareNames(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/**
+ * Strictly increasing names. Bazel (Java) sorts by UTF-16 code units, which differs from UTF-8
+ * byte order only for rare characters; either order is accepted so no real client is refused.
+ */
+function inOrder(previous: string, next: string): boolean {
+  return compareNames(previous, next) < 0 || previous < next;
+}
+
+/** A single path component: non-empty, no '/', NUL, '.' or '..', and short enough to create. */
+export function checkEntryName(name: string, where: string): void {
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+    throw invalidArgument(`${where}: entry name ${JSON.stringify(name)} must be a single path component (no '/', NUL, '.' or '..')`);
+  }
+  if (Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) {
+    throw invalidArgument(`${where}: entry name ${JSON.stringify(name.slice(0, 40))}... is longer than ${MAX_NAME_BYTES} bytes`);
+  }
+}
+
+/**
+ * Checks one decoded Directory: valid names, each list sorted and unique, no name used by two
+ * kinds of entry, valid digests, and symlink targets that are relative (absolute targets are
+ * DISALLOWED by our Capabilities). Whether a target escapes the root depends on where the
+ * directory is placed, so that is checked separately by symlinkStaysInside.
+ */
+export function checkDirectory(digest: Digest, directory: rex.Directory): CheckedDirectory {
+  const where = `input directory ${digestKey(digest)}`;
+  const seen = new Set<string>();
+  const checkNames = (kind: string, names: string[]) => {
+    names.forEach((name, i) => {
+      checkEntryName(name, `${where} ${kind}`);
+      if (seen.has(name)) throw invalidArgument(`${where}: name ${JSON.stringify(name)} appears more than once`);
+      seen.add(name);
+      if (i > 0 && !inOrder(names[i - 1], name)) {
+        throw invalidArgument(`${where}: ${kind} are not sorted by name (${JSON.stringify(names[i - 1])} comes before ${JSON.stringify(name)})`);
+      }
+    });
+  };
+  checkNames('files', directory.files.map((f) => f.name ?? ''));
+  checkNames('directories', directory.directories.map((d) => d.name ?? ''));
+  checkNames('symlinks', directory.symlinks.map((s) => s.name ?? ''));
+
+  const files = directory.files.map((f) => ({
+    name: f.name ?? '',
+    digest: validateDigest(f.digest, `${where} file ${JSON.stringify(f.name)}`),
+    isExecutable: Boolean(f.isExecutable),
+  }));
+  const directories = directory.directories.map((d) => ({
+    name: d.name ?? '',
+    digest: validateDigest(d.digest, `${where} directory ${JSON.stringify(d.name)}`),
+  }));
+  const symlinks = directory.symlinks.map((s) => {
+    const name = s.name ?? '';
+    const target = s.target ?? '';
+    if (target === '' || target.includes('\0')) throw invalidArgument(`${where}: symlink ${JSON.stringify(name)} has an empty or NUL-containing target`);
+    if (target.startsWith('/')) {
+      throw invalidArgument(`${where}: symlink ${JSON.stringify(name)} -> ${JSON.stringify(target)} is absolute; this server disallows absolute symlinks`);
+    }
+    return { name, target };
+  });
+  return {
+    digest,
+    files,
+    directories,
+    symlinks,
+    directoryByName: new Map(directories.map((d) => [d.name, d.digest])),
+    symlinkByName: new Map(symlinks.map((s) => [s.name, s.target])),
+  };
+}
+
+/**
+ * Whether `target`, resolved from the directory at the end of `ancestors` (root first), stays
+ * inside the root. Resolution follows symlinks of the input tree itself, so `a/up -> ..` plus
+ * `a/x -> up/..` is caught although each target looks harmless on its own. Names not in the
+ * tree (files, or paths the action may create) are treated as plain directories.
+ * Throws INVALID_ARGUMENT for symlink loops.
+ */
+export function symlinkStaysInside(
+  ancestors: readonly CheckedDirectory[],
+  target: string,
+  directoryOf: (digest: Digest) => CheckedDirectory | undefined,
+  where: string,
+): boolean {
+  let hops = 0;
+  const resolve = (from: readonly (CheckedDirectory | undefined)[], path: string): (CheckedDirectory | undefined)[] | undefined => {
+    const stack = [...from];
+    for (const segment of path.split('/')) {
+      if (segment === '' || segment === '.') continue;
+      if (segment === '..') {
+        if (stack.length === 1) return undefined; // above the root
+        stack.pop();
+        continue;
+      }
+      const here = stack[stack.length - 1];
+      const link = here?.symlinkByName.get(segment);
+      if (link !== undefined) {
+        if (++hops > MAX_SYMLINK_HOPS) throw invalidArgument(`${where}: symlink ${JSON.stringify(target)} loops (more than ${MAX_SYMLINK_HOPS} hops)`);
+        if (link.startsWith('/')) return undefined;
+        const landed = resolve(stack, link);
+        if (!landed) return undefined;
+        stack.splice(0, stack.length, ...landed);
+        continue;
+      }
+      const child = here?.directoryByName.get(segment);
+      stack.push(child ? directoryOf(child) : undefined);
+    }
+    return stack;
+  };
+  return resolve(ancestors, target) !== undefined;
+}

@@ -1,0 +1,220 @@
+// The worker's local content cache: one read-only file per (digest, executable) pair, which
+// input roots hardlink instead of copying. Files are owned by the worker (root) and mode 0444
+// or 0555, so an action running as another uid can read and execute them but never change
+// them, and the next action that links the same file sees pristine content.
+//
+//   DIR/ab/<hash>-<size>     plain variant, 0444
+//   DIR/ab/<hash>-<size>.x   executable variant, 0555 (a separate inode: hardlinks share modes)
+//   DIR/tmp/                 fetches in progress, emptied at start
+//
+// Eviction is least-recently-used by bytes, and never touches a pinned file: every ensure()
+// pins, and the caller unpins once the action that linked the file has finished.
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { Digest, digestKey, isEmptyDigest } from '../cas/digest';
+import { renameIntoPlace, tempPath } from '../cas/atomic-file';
+import { failedPrecondition } from '../server/rpc-error';
+import { ContentAccess } from './content-access';
+import { digestOfFile } from './file-digest';
+
+export const DEFAULT_CACHE_BYTES = 10 * 1024 ** 3;
+
+export interface FileCacheOptions {
+  /** Bytes of unpinned files kept; pinned files may push the total above it for a while. */
+  maxBytes?: number;
+}
+
+export interface FileCacheStats {
+  files: number;
+  bytes: number;
+  pinnedFiles: number;
+  /** Blobs fetched from the CAS by this process (copies between variants do not count). */
+  fetches: number;
+}
+
+interface Entry {
+  sizeBytes: number;
+  pins: number;
+}
+
+const CACHE_FILE_NAME = /^([0-9a-f]{64})-(\d+)(\.x)?$/;
+
+export class FileCache {
+  readonly maxBytes: number;
+  /** Cached files by name, least recently used first (Map keeps insertion order). */
+  private readonly entries = new Map<string, Entry>();
+  private readonly filling = new Map<string, Promise<void>>();
+  /** Evicted files whose unlink is still running: a refill of the same name waits for it. */
+  private readonly removing = new Map<string, Promise<void>>();
+  private readonly tmpDir: string;
+  private totalBytes = 0;
+  private fetches = 0;
+  private ready: Promise<void> | undefined;
+
+  constructor(readonly dir: string, private readonly access: ContentAccess, opts: FileCacheOptions = {}) {
+    this.dir = path.resolve(dir);
+    this.tmpDir = path.join(this.dir, 'tmp');
+    this.maxBytes = opts.maxBytes ?? DEFAULT_CACHE_BYTES;
+  }
+
+  /** Where the file for this content and mode lives (present only after ensure()). */
+  pathOf(digest: Digest, executable: boolean): string {
+    return path.join(this.dir, digest.hash.slice(0, 2), fileName(digest, executable));
+  }
+
+  /**
+   * The path of a cache file with this content and mode, fetching it from the CAS (verifying
+   * its SHA-256) if needed. Concurrent calls for the same file fetch once. The file is pinned:
+   * every successful call must be matched by one unpin() when the caller stops using it.
+   */
+  async ensure(instanceName: string, digest: Digest, executable: boolean): Promise<string> {
+    await this.init();
+    const name = fileName(digest, executable);
+    for (;;) {
+      const entry = this.entries.get(name);
+      if (entry) {
+        entry.pins++;
+        this.touch(name, entry);
+        return this.pathOf(digest, executable);
+      }
+      const pending = this.filling.get(name);
+      if (pending) {
+        // Another caller is fetching it; look again afterwards (it may even have been evicted).
+        await pending;
+        continue;
+      }
+      const fill = this.fill(instanceName, digest, executable, name);
+      this.filling.set(name, fill);
+      try {
+        await fill; // inserts the entry already pinned once, for this caller
+      } finally {
+        this.filling.delete(name);
+      }
+      return this.pathOf(digest, executable);
+    }
+  }
+
+  unpin(digest: Digest, executable: boolean): void {
+    const name = fileName(digest, executable);
+    const entry = this.entries.get(name);
+    if (!entry || entry.pins === 0) throw new Error(`file cache: unpin of ${name}, which is not pinned`);
+    entry.pins--;
+    if (entry.pins === 0) this.evict();
+  }
+
+  /** Resolves once the files evicted so far are gone from disk (for shutdown and tests). */
+  async evictionsSettled(): Promise<void> {
+    await Promise.all(this.removing.values());
+  }
+
+  stats(): FileCacheStats {
+    let pinnedFiles = 0;
+    for (const e of this.entries.values()) if (e.pins > 0) pinnedFiles++;
+    return { files: this.entries.size, bytes: this.totalBytes, pinnedFiles, fetches: this.fetches };
+  }
+
+  /** Readies the directory once, adopting the complete files a previous run left behind. */
+  private init(): Promise<void> {
+    this.ready ??= this.adoptExisting();
+    return this.ready;
+  }
+
+  private async adoptExisting(): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await fs.rm(this.tmpDir, { recursive: true, force: true }); // fetches a crash interrupted
+    await fs.mkdir(this.tmpDir);
+    const found: { name: string; sizeBytes: number; mtimeMs: number }[] = [];
+    for (const shard of await fs.readdir(this.dir)) {
+      if (!/^[0-9a-f]{2}$/.test(shard)) continue;
+      const shardDir = path.join(this.dir, shard);
+      for (const name of await fs.readdir(shardDir)) {
+        const file = path.join(shardDir, name);
+        const match = CACHE_FILE_NAME.exec(name);
+        const st = await fs.lstat(file);
+        const expectedMode = match?.[3] ? 0o555 : 0o444;
+        // Files are renamed into place only once complete and verified, so a name whose size and
+        // mode match is trusted; anything else is debris and goes.
+        if (match && match[1].startsWith(shard) && st.isFile() && st.size === Number(match[2]) && (st.mode & 0o7777) === expectedMode) {
+          found.push({ name, sizeBytes: st.size, mtimeMs: st.mtimeMs });
+        } else {
+          await fs.rm(file, { recursive: true, force: true });
+        }
+      }
+    }
+    // Oldest fetch first approximates least recently used for files from an earlier run.
+    found.sort((a, b) => a.mtimeMs - b.mtimeMs);
+    for (const f of found) {
+      this.entries.set(f.name, { sizeBytes: f.sizeBytes, pins: 0 });
+      this.totalBytes += f.sizeBytes;
+    }
+    this.evict();
+  }
+
+  private async fill(instanceName: string, digest: Digest, executable: boolean, name: string): Promise<void> {
+    await this.removing.get(name);
+    const tmp = tempPath(this.tmpDir, digest.hash);
+    try {
+      const otherName = fileName(digest, !executable);
+      const other = this.entries.get(otherName);
+      if (isEmptyDigest(digest)) {
+        await fs.writeFile(tmp, '', { flag: 'wx' });
+      } else if (other) {
+        // The other mode's file already holds verified content: a local copy beats a fetch.
+        other.pins++;
+        try {
+          await fs.copyFile(this.pathOf(digest, !executable), tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
+        } finally {
+          this.unpin(digest, !executable);
+        }
+      } else {
+        if (!(await this.access.fetchToFile(instanceName, digest, tmp))) {
+          throw failedPrecondition(`input file ${digestKey(digest)} is not in the CAS`, [digestKey(digest)]);
+        }
+        this.fetches++;
+        // Checked before the file gets its final name, so a cache file is always right: the
+        // remote CAS path may not verify what it streams.
+        await verifyFileContent(tmp, digest);
+      }
+      await fs.chmod(tmp, executable ? 0o555 : 0o444);
+      await renameIntoPlace(tmp, this.pathOf(digest, executable));
+    } catch (err) {
+      await fs.rm(tmp, { force: true });
+      throw err;
+    }
+    this.entries.set(name, { sizeBytes: digest.sizeBytes, pins: 1 });
+    this.totalBytes += digest.sizeBytes;
+    this.evict();
+  }
+
+  private touch(name: string, entry: Entry): void {
+    this.entries.delete(name);
+    this.entries.set(name, entry);
+  }
+
+  /** Drops least recently used unpinned files until the total fits. */
+  private evict(): void {
+    if (this.totalBytes <= this.maxBytes) return;
+    for (const [name, entry] of this.entries) {
+      if (this.totalBytes <= this.maxBytes) break;
+      if (entry.pins > 0) continue;
+      this.entries.delete(name);
+      this.totalBytes -= entry.sizeBytes;
+      // Links already made into action directories keep their data; only the cache name goes.
+      const file = path.join(this.dir, name.slice(0, 2), name);
+      const removal = fs.rm(file, { force: true }).catch(() => undefined).finally(() => this.removing.delete(name));
+      this.removing.set(name, removal);
+    }
+  }
+}
+
+function fileName(digest: Digest, executable: boolean): string {
+  return `${digest.hash}-${digest.sizeBytes}${executable ? '.x' : ''}`;
+}
+
+/** Hashes a fetched file; the fetch just wrote it, so this reads from the page cache. */
+async function verifyFileContent(file: string, expected: Digest): Promise<void> {
+  const actual = await digestOfFile(file);
+  if (actual.hash !== expected.hash || actual.sizeBytes !== expected.sizeBytes) {
+    throw new Error(`input file ${digestKey(expected)}: the CAS returned content ${digestKey(actual)}; refusing to cache it`);
+  }
+}

@@ -1,0 +1,91 @@
+// The worker loop: take an action this worker's platform can run, run it through the pipeline,
+// record the outcome, repeat — up to `concurrency` actions at once. drain() stops taking work
+// and waits for what is running.
+import { status } from '@grpc/grpc-js';
+import { rex } from '../apis';
+import { Digest, digestKey } from '../cas/digest';
+import { ActionQueue, Lease } from '../scheduler/action-queue';
+import { encodeResponse } from '../scheduler/operation-proto';
+import { OperationStore } from '../scheduler/operation-store';
+import { PlatformProperty } from '../scheduler/platform';
+import { statusProto } from '../server/grpc-adapter';
+import { RpcError } from '../server/rpc-error';
+import { log } from '../server/log';
+import { PipelineOptions, runActionPipeline } from './action-pipeline';
+
+/** Where successful results go: the ActionCache, written with the farm's own authority. */
+export interface ActionResultSink {
+  store(instanceName: string, actionDigest: Digest, result: rex.ActionResult): Promise<unknown>;
+}
+
+export interface WorkerOptions {
+  pipeline: PipelineOptions;
+  platform: PlatformProperty[];
+  concurrency: number;
+  queue: ActionQueue;
+  operations: OperationStore;
+  results: ActionResultSink;
+}
+
+export class Worker {
+  private readonly stopTaking = new AbortController();
+  private loops: Promise<void>[] = [];
+
+  constructor(private readonly opts: WorkerOptions) {}
+
+  start(): void {
+    for (let i = 0; i < this.opts.concurrency; i++) this.loops.push(this.loop());
+  }
+
+  /** Takes no new actions, finishes the running ones. */
+  async drain(): Promise<void> {
+    this.stopTaking.abort();
+    await Promise.all(this.loops);
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.stopTaking.signal.aborted) {
+      let lease: Lease | undefined;
+      try {
+        lease = await this.opts.queue.take(this.opts.platform, this.stopTaking.signal);
+        if (!lease) return;
+        await this.execute(lease);
+      } catch (err) {
+        log.error('worker loop error', { worker: this.opts.pipeline.workerName, err });
+        if (lease) await lease.release().catch(() => undefined);
+        await new Promise((r) => setTimeout(r, 1000)); // don't spin on a broken queue
+      }
+    }
+  }
+
+  private async execute(lease: Lease): Promise<void> {
+    const { job } = lease;
+    const { operations } = this.opts;
+    const current = await operations.update(job.operationName, { stage: 'EXECUTING', worker: this.opts.pipeline.workerName });
+    if (!current || current.done) {
+      await lease.complete(); // cancelled or deleted while queued
+      return;
+    }
+    log.debug('executing', { operation: job.operationName, action: digestKey(job.actionDigest) });
+    const outcome = await runActionPipeline(this.opts.pipeline, job.instanceName, job.actionDigest, job.queuedAt);
+    let { status: st } = outcome;
+    if (outcome.result && outcome.cacheable) {
+      try {
+        await this.opts.results.store(job.instanceName, job.actionDigest, outcome.result);
+      } catch (err) {
+        // The result is still good for this client; only caching it failed.
+        log.warn('could not cache action result', { action: digestKey(job.actionDigest), err });
+      }
+    }
+    if (st.code !== status.OK && st.code !== status.DEADLINE_EXCEEDED) {
+      log.info('action failed', { operation: job.operationName, action: digestKey(job.actionDigest), code: status[st.code], message: st.message });
+    }
+    const response = encodeResponse({
+      result: outcome.result,
+      cachedResult: false,
+      status: statusProto(new RpcError(st.code, st.message, st.missing ?? [])),
+    });
+    await operations.update(job.operationName, { stage: 'COMPLETED', done: true, response });
+    await lease.complete();
+  }
+}
