@@ -1,0 +1,184 @@
+// Remote execution over real gRPC against `reapi serve` and its embedded Docker worker.
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { rex, rpc } from '../apis';
+import { ExecutionService, OperationsService, createClient, unary } from '../apis/services';
+import { clientsFor, readAll, statusOf } from './helpers/clients';
+import { ServerProcess, startServerProcess } from './helpers/server-process';
+import { BuiltAction, Response, blob, buildAction, collect, decodeOperation, execute, executeToEnd, millis, upload } from './helpers/actions';
+
+let server: ServerProcess;
+let clients: ReturnType<typeof clientsFor>;
+let exec: InstanceType<typeof ExecutionService.Client>;
+let ops: InstanceType<typeof OperationsService.Client>;
+
+before(async () => {
+  // One action at a time, so queue order (priorities) is observable.
+  server = await startServerProcess({ args: ['--worker', 'on', '--concurrency', '1'] });
+  clients = clientsFor(server.address);
+  exec = createClient(ExecutionService, server.address);
+  ops = createClient(OperationsService, server.address);
+});
+
+after(async () => {
+  clients.close();
+  exec.close();
+  ops.close();
+  await server.stop();
+});
+
+async function uploaded(spec: Parameters<typeof buildAction>[0]): Promise<BuiltAction> {
+  const action = buildAction(spec);
+  await upload(clients.cas, action.blobs);
+  return action;
+}
+
+async function blobText(digest: rex.Digest.$Properties | null | undefined): Promise<string> {
+  return (await readAll(clients.bs, { resourceName: `blobs/${digest!.hash}/${digest!.sizeBytes}` })).toString();
+}
+
+test('Capabilities advertise execution', async () => {
+  const caps = await unary(clients.caps, 'GetCapabilities', {});
+  assert.equal(caps.executionCapabilities?.execEnabled, true);
+  assert.equal(caps.executionCapabilities?.digestFunction, rex.DigestFunction.Value.SHA256);
+});
+
+test('an action runs in the container, streams its stages and is cached', async () => {
+  const action = await uploaded({
+    args: ['sh', '-c', 'cat /etc/reapi-toolchain > out/marker.txt; id -u > out/uid.txt; cat in.txt; echo to-stderr >&2'],
+    inputs: { 'in.txt': 'input content\n' },
+    outputPaths: ['out/marker.txt', 'out/uid.txt'],
+  });
+  const stream = await execute(exec, { actionDigest: action.actionDigest });
+  const stages = stream.map((o) => o.stage);
+  assert.equal(stages[stages.length - 1], 'COMPLETED');
+  assert.ok(stages.includes('QUEUED') || stages.includes('EXECUTING'), `stages: ${stages}`);
+  const response = stream[stream.length - 1].response!;
+  assert.equal(response.status?.code ?? 0, 0, response.status?.message ?? '');
+  assert.equal(response.cachedResult, false);
+  const result = response.result!;
+  assert.equal(result.exitCode, 0);
+  const files = new Map(result.outputFiles.map((f) => [f.path, f]));
+  assert.match(await blobText(files.get('out/marker.txt')!.digest), /reapi-toolchain/);
+  assert.notEqual((await blobText(files.get('out/uid.txt')!.digest)).trim(), '0', 'actions must not run as root');
+  assert.equal(await blobText(result.stdoutDigest), 'input content\n');
+  assert.equal(await blobText(result.stderrDigest), 'to-stderr\n');
+
+  const m = result.executionMetadata!;
+  const order = [m.queuedTimestamp, m.workerStartTimestamp, m.inputFetchStartTimestamp, m.inputFetchCompletedTimestamp, m.executionStartTimestamp, m.executionCompletedTimestamp, m.outputUploadStartTimestamp, m.outputUploadCompletedTimestamp, m.workerCompletedTimestamp].map(millis);
+  assert.ok(order.every((t) => t > 0), 'every stage has a timestamp');
+  assert.deepEqual([...order].sort((a, b) => a - b), order, 'stage timestamps are in order');
+
+  const again = await executeToEnd(exec, { actionDigest: action.actionDigest });
+  assert.equal(again.cachedResult, true);
+  assert.deepEqual(again.result!.outputFiles.map((f) => f.digest?.hash), result.outputFiles.map((f) => f.digest?.hash));
+
+  const fresh = await executeToEnd(exec, { actionDigest: action.actionDigest, skipCacheLookup: true });
+  assert.equal(fresh.cachedResult, false);
+});
+
+test('a failing action reports its exit code and stderr and is not cached', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'echo broken-on-purpose >&2; exit 3'] });
+  const response = await executeToEnd(exec, { actionDigest: action.actionDigest });
+  assert.equal(response.status?.code ?? 0, 0);
+  assert.equal(response.result!.exitCode, 3);
+  assert.equal(await blobText(response.result!.stderrDigest), 'broken-on-purpose\n');
+  assert.equal(await statusOf(unary(clients.ac, 'GetActionResult', { actionDigest: action.actionDigest })), grpc.status.NOT_FOUND);
+});
+
+test('an action over its timeout is DEADLINE_EXCEEDED with its partial output kept', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'echo before-the-kill; sleep 30; echo never'], timeoutSeconds: 1 });
+  const response = await executeToEnd(exec, { actionDigest: action.actionDigest });
+  assert.equal(response.status?.code, grpc.status.DEADLINE_EXCEEDED);
+  assert.equal(await blobText(response.result!.stdoutDigest), 'before-the-kill\n');
+  assert.equal(await statusOf(unary(clients.ac, 'GetActionResult', { actionDigest: action.actionDigest })), grpc.status.NOT_FOUND);
+});
+
+test('missing inputs are FAILED_PRECONDITION naming every missing digest', async () => {
+  const action = buildAction({ args: ['cat', 'a.txt', 'b.txt'], inputs: { 'a.txt': 'never uploaded A', 'b.txt': 'never uploaded B' } });
+  const inputs = action.blobs.slice(3);
+  await upload(clients.cas, action.blobs.slice(0, 3)); // action, command, root directory only
+  const response = await executeToEnd(exec, { actionDigest: action.actionDigest });
+  assert.equal(response.status?.code, grpc.status.FAILED_PRECONDITION, response.status?.message ?? '');
+  const detail = response.status!.details.find((d) => (d.type_url ?? '').endsWith('google.rpc.PreconditionFailure'));
+  assert.ok(detail, 'a PreconditionFailure detail is attached');
+  const subjects = rpc.PreconditionFailure.decode(detail.value!).violations.map((v) => v.subject).sort();
+  assert.deepEqual(subjects, inputs.map((b) => `blobs/${b.digest.hash}/${b.digest.sizeBytes}`).sort());
+});
+
+test('an Action missing from the CAS is refused with FAILED_PRECONDITION', async () => {
+  const missing = blob('not an uploaded action');
+  const code = await statusOf(collect(exec.Execute({ actionDigest: missing.digest })));
+  assert.equal(code, grpc.status.FAILED_PRECONDITION);
+});
+
+test('identical actions sent at once execute once', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'sleep 1; date +%s%N'], salt: `dedup-${Date.now()}` });
+  const [a, b] = await Promise.all([execute(exec, { actionDigest: action.actionDigest }), execute(exec, { actionDigest: action.actionDigest })]);
+  assert.equal(a[a.length - 1].name, b[b.length - 1].name, 'both callers share one operation');
+  const ra = a[a.length - 1].response!.result!;
+  const rb = b[b.length - 1].response!.result!;
+  assert.equal(ra.stdoutDigest?.hash, rb.stdoutDigest?.hash, 'one run, one result');
+});
+
+test('lower priority values run first', async () => {
+  const blocker = await uploaded({ args: ['sleep', '2'], doNotCache: true, salt: `blocker-${Date.now()}` });
+  const late = await uploaded({ args: ['true'], doNotCache: true, salt: `late-${Date.now()}` });
+  const urgent = await uploaded({ args: ['true'], doNotCache: true, salt: `urgent-${Date.now()}` });
+  const running = executeToEnd(exec, { actionDigest: blocker.actionDigest });
+  await new Promise((r) => setTimeout(r, 500)); // the blocker occupies the only slot
+  const lateRun = executeToEnd(exec, { actionDigest: late.actionDigest, executionPolicy: { priority: 10 } });
+  await new Promise((r) => setTimeout(r, 200));
+  const urgentRun = executeToEnd(exec, { actionDigest: urgent.actionDigest, executionPolicy: { priority: -10 } });
+  const [, l, u] = await Promise.all([running, lateRun, urgentRun]);
+  const started = (r: Response) => millis(r.result!.executionMetadata!.executionStartTimestamp);
+  assert.ok(started(u) < started(l), 'the urgent action, queued later, started first');
+});
+
+test('WaitExecution re-attaches after the Execute stream is dropped', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'sleep 1; echo waited'], salt: `wait-${Date.now()}` });
+  const stream = exec.Execute({ actionDigest: action.actionDigest });
+  const first = await new Promise<string>((resolve, reject) => {
+    stream.once('data', (op) => resolve(decodeOperation(op).name));
+    stream.once('error', reject);
+  });
+  stream.cancel();
+  stream.on('error', () => undefined); // the CANCELLED status of our own cancel
+  const rest = await collect(exec.WaitExecution({ name: first }));
+  const last = rest[rest.length - 1];
+  assert.equal(last.done, true);
+  assert.equal(await blobText(last.response!.result!.stdoutDigest), 'waited\n');
+  const op = await unary(ops, 'GetOperation', { name: first });
+  assert.equal(op.done, true);
+});
+
+test('Operations: list, cancel a queued action, delete', async () => {
+  const blocker = await uploaded({ args: ['sleep', '2'], doNotCache: true, salt: `ops-blocker-${Date.now()}` });
+  const victim = await uploaded({ args: ['true'], doNotCache: true, salt: `victim-${Date.now()}` });
+  const running = executeToEnd(exec, { actionDigest: blocker.actionDigest });
+  await new Promise((r) => setTimeout(r, 500));
+  const victimStream = exec.Execute({ actionDigest: victim.actionDigest });
+  const victimDone = collect(victimStream);
+  let queued: ReturnType<typeof decodeOperation> | undefined;
+  for (let i = 0; i < 100 && !queued; i++) {
+    const list = await unary(ops, 'ListOperations', { name: 'operations' });
+    queued = list.operations.map(decodeOperation).find((o) => o.stage === 'QUEUED');
+    if (!queued) await new Promise((r) => setTimeout(r, 50)); // Execute is still on its way in
+  }
+  assert.ok(queued, 'the victim is listed as queued');
+  await unary(ops, 'CancelOperation', { name: queued.name });
+  const victimOps = await victimDone;
+  assert.equal(victimOps[victimOps.length - 1].response?.status?.code, grpc.status.CANCELLED);
+  await running;
+  await unary(ops, 'DeleteOperation', { name: queued.name });
+  assert.equal(await statusOf(unary(ops, 'GetOperation', { name: queued.name })), grpc.status.NOT_FOUND);
+  assert.equal(await statusOf(collect(exec.WaitExecution({ name: 'operations/no-such-operation' }))), grpc.status.NOT_FOUND);
+});
+
+test('an image that does not exist is reported by name', async () => {
+  const action = await uploaded({ args: ['true'], image: 'docker://reapi-no-such-image:latest' });
+  const response = await executeToEnd(exec, { actionDigest: action.actionDigest });
+  assert.notEqual(response.status?.code ?? 0, 0);
+  assert.match(response.status!.message, /reapi-no-such-image/);
+});
