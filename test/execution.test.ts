@@ -182,3 +182,19 @@ test('an image that does not exist is reported by name', async () => {
   assert.notEqual(response.status?.code ?? 0, 0);
   assert.match(response.status!.message, /reapi-no-such-image/);
 });
+
+test('CancelOperation kills a running action', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'echo started; sleep 30; echo finished'], doNotCache: true, salt: `cancel-${Date.now()}` });
+  const done = collect(exec.Execute({ actionDigest: action.actionDigest }));
+  let running: ReturnType<typeof decodeOperation> | undefined;
+  for (let i = 0; i < 200 && !running; i++) {
+    const list = await unary(ops, 'ListOperations', { name: 'operations' });
+    running = list.operations.map(decodeOperation).find((o) => o.stage === 'EXECUTING');
+    if (!running) await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.ok(running, 'the action is seen executing');
+  await unary(ops, 'CancelOperation', { name: running.name });
+  const stream = await done;
+  const last = stream[stream.length - 1];
+  assert.equal(last.response?.status?.code, grpc.status.CANCELLED, last.response?.status?.message ?? '');
+});

@@ -48,6 +48,8 @@ export async function runActionPipeline(
   instanceName: string,
   actionDigest: Digest,
   queuedAt: number,
+  /** Aborted when a client cancels the operation: the running action is killed. */
+  cancel?: AbortSignal,
 ): Promise<PipelineOutcome> {
   const meta: rex.ExecutedActionMetadata.$Properties = { worker: opts.workerName, queuedTimestamp: timestamp(queuedAt), workerStartTimestamp: now() };
   const actionDir = path.join(opts.actionsDir, randomUUID());
@@ -94,6 +96,7 @@ export async function runActionPipeline(
       stdoutPath: path.join(actionDir, 'stdout'),
       stderrPath: path.join(actionDir, 'stderr'),
       timeoutMs,
+      signal: cancel,
     });
     meta.executionCompletedTimestamp = now();
 
@@ -120,6 +123,7 @@ export async function runActionPipeline(
     }
     return { result, status: { code: status.OK, message: '' }, cacheable: run.exitCode === 0 && !action.doNotCache };
   } catch (err) {
+    if (cancel?.aborted) return { status: { code: status.CANCELLED, message: `action ${digestKey(actionDigest)} was cancelled` }, cacheable: false };
     const e = err instanceof RpcError ? err : new RpcError(status.INTERNAL, `action ${digestKey(actionDigest)} on ${opts.workerName}: ${(err as Error).message}`);
     return { status: { code: e.code, message: e.message, missing: e.missing }, cacheable: false };
   } finally {

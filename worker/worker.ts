@@ -67,7 +67,11 @@ export class Worker {
       return;
     }
     log.debug('executing', { operation: job.operationName, action: digestKey(job.actionDigest) });
-    const outcome = await runActionPipeline(this.opts.pipeline, job.instanceName, job.actionDigest, job.queuedAt);
+    const cancel = new AbortController();
+    const watching = this.watchForCancel(job.operationName, cancel);
+    const outcome = await runActionPipeline(this.opts.pipeline, job.instanceName, job.actionDigest, job.queuedAt, cancel.signal).finally(() =>
+      watching.stop(),
+    );
     let { status: st } = outcome;
     if (outcome.result && outcome.cacheable) {
       try {
@@ -87,5 +91,19 @@ export class Worker {
     });
     await operations.update(job.operationName, { stage: 'COMPLETED', done: true, response });
     await lease.complete();
+  }
+
+  /** Aborts `cancel` if a client asks CancelOperation while the action runs. */
+  private watchForCancel(operationName: string, cancel: AbortController): { stop(): void } {
+    const stopWatching = new AbortController();
+    (async () => {
+      for await (const record of this.opts.operations.watch(operationName, stopWatching.signal)) {
+        if (record.cancelRequested) {
+          cancel.abort();
+          return;
+        }
+      }
+    })().catch((err) => log.warn('lost the watch on an operation; it can no longer be cancelled', { operation: operationName, err }));
+    return { stop: () => stopWatching.abort() };
   }
 }

@@ -29,6 +29,8 @@ export interface SandboxRequest {
   timeoutMs: number;
   /** kill the action once stdout or stderr exceeds this many bytes (default: unlimited) */
   maxOutputBytes?: number;
+  /** aborting kills the action (its container is removed and replaced) */
+  signal?: AbortSignal;
 }
 
 export interface SandboxResult {
@@ -129,17 +131,28 @@ async function runAction(pool: ContainerPool, execRoot: string, req: SandboxRequ
   const replyTimeoutMs = req.timeoutMs > 0 ? req.timeoutMs + REPLY_GRACE_MS : 0;
 
   for (let attempt = 1; ; attempt++) {
+    if (req.signal?.aborted) throw new SandboxError('action cancelled before it started', { image, argv0 });
     const container = await pool.acquire(image);
+    // Cancelling mid-run: removing the container is the one kill nothing inside can survive.
+    const cancel = () => void container.remove().catch(() => undefined);
+    req.signal?.addEventListener('abort', cancel, { once: true });
     let raw: Buffer;
     try {
       raw = await exchangeWithRunner(container.socketPath, payload, replyTimeoutMs);
     } catch (err) {
+      if (req.signal?.aborted) {
+        pool.release(container, false);
+        throw new SandboxError('action cancelled while running', { image, container: container.id, argv0 }, { cause: err });
+      }
       // Not even connected (runner died while idle): the action never started, so retry it once.
       if (err instanceof RunnerConnectionError && err.phase === 'connect' && attempt === 1) {
         pool.release(container, false);
         continue;
       }
       return failContainer(pool, container, err, argv0);
+    }
+    finally {
+      req.signal?.removeEventListener('abort', cancel);
     }
     const reply = decodeReply(raw);
     if (!reply) return failContainer(pool, container, new Error(`malformed reply from runner (${raw.length} bytes)`), argv0);
