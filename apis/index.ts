@@ -9,3 +9,4 @@ export import bytestream = proto.google.bytestream;
 export import longrunning = proto.google.longrunning;
 export import rpc = proto.google.rpc;
 export import protobuf = proto.google.protobuf;
+export import reapi = proto.reapi;

@@ -8,6 +8,7 @@ import { MemoryActionQueue } from '../scheduler/memory-action-queue';
 import { MemoryOperationStore } from '../scheduler/memory-operation-store';
 import { EmbeddedWorker, startEmbeddedWorker } from '../server/embedded-worker';
 import { dockerAvailable } from '../worker/docker-available';
+import { DockerImageResolver } from '../worker/image-resolver';
 import { startServer } from '../server/reapi-server';
 import { log } from '../server/log';
 
@@ -51,7 +52,13 @@ async function serve(argv: string[]): Promise<void> {
   const host = listen.slice(0, listen.lastIndexOf(':'));
   const storage = await FileStorage.open(values.data!);
   const scheduler = withWorker ? { operations: new MemoryOperationStore(), queue: new MemoryActionQueue() } : undefined;
-  const running = await startServer(listen, { storage, allowActionCacheUpdates: !values['no-ac-updates'], scheduler });
+  const images = withWorker ? new DockerImageResolver() : undefined;
+  const running = await startServer(listen, {
+    storage,
+    allowActionCacheUpdates: !values['no-ac-updates'],
+    scheduler,
+    resolveImage: images && ((name) => images.resolve(name)),
+  });
   let worker: EmbeddedWorker | undefined;
   if (scheduler) {
     worker = await startEmbeddedWorker({
@@ -63,6 +70,7 @@ async function serve(argv: string[]): Promise<void> {
       concurrency,
       strict: values.strict!,
       platform: values.platform!,
+      images: images!,
     });
   }
   const execution = worker ? `, executing in ${values.image} x${concurrency}` : '';

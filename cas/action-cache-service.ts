@@ -1,7 +1,7 @@
 // ActionCache: GetActionResult with a completeness check, and UpdateActionResult.
 // A result is only ever served while every blob it references is still in the CAS; otherwise
 // the client gets NOT_FOUND and simply runs the action again.
-import { rex } from '../apis';
+import { protobuf, reapi, rex } from '../apis';
 import { BlobStore, Storage } from './blob-store';
 import { Digest, digestKey, digestOf, isEmptyDigest, validateDigest } from './digest';
 import { requireSha256 } from './digest-function';
@@ -16,6 +16,18 @@ const MAX_INLINE_BYTES = 1024 * 1024;
 export interface ActionCachePolicy {
   /** Whether clients may write results directly (UpdateActionResult). */
   allowClientUpdates: boolean;
+  /**
+   * Resolves a container image name to its current image ID. When given, a result that records
+   * the image it ran in is served only while the name still resolves to that same image.
+   */
+  resolveImage?: (name: string) => Promise<string | undefined>;
+}
+
+const CONTAINER_IMAGE_TYPE = 'type.googleapis.com/reapi.ContainerImage';
+
+/** The auxiliary metadata entry a worker attaches to say which image an action ran in. */
+export function containerImageMetadata(name: string, id: string): protobuf.Any.$Properties {
+  return { type_url: CONTAINER_IMAGE_TYPE, value: reapi.ContainerImage.encode({ name, id }).finish() };
 }
 
 export class ActionCacheService {
@@ -40,6 +52,10 @@ export class ActionCacheService {
       result = rex.ActionResult.decode(encoded);
     } catch (err) {
       log.warn('undecodable action cache entry ignored', { instance, action: digestKey(actionDigest), err });
+      return undefined;
+    }
+    if (!(await this.imageUnchanged(result))) {
+      log.info('cached result built in an image that has since changed; reporting a miss', { instance, action: digestKey(actionDigest) });
       return undefined;
     }
     const cas = this.storage.cas(instance);
@@ -79,6 +95,17 @@ export class ActionCacheService {
     }
     await this.storage.actionCache(instance).put(actionDigest, Buffer.from(rex.ActionResult.encode(result).finish()));
     return result;
+  }
+
+  private async imageUnchanged(result: rex.ActionResult): Promise<boolean> {
+    const resolve = this.policy.resolveImage;
+    if (!resolve) return true;
+    for (const entry of result.executionMetadata?.auxiliaryMetadata ?? []) {
+      if (entry.type_url !== CONTAINER_IMAGE_TYPE || !entry.value) continue;
+      const ran = reapi.ContainerImage.decode(entry.value);
+      if ((await resolve(ran.name)) !== ran.id) return false;
+    }
+    return true;
   }
 
   private async inline(cas: BlobStore, result: rex.ActionResult, req: rex.GetActionResultRequest): Promise<void> {

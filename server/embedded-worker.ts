@@ -12,6 +12,7 @@ import { FileCache } from '../worker/file-cache';
 import { LocalContentAccess } from '../worker/local-content-access';
 import { createDockerSandbox } from '../worker/sandbox/sandbox';
 import { Worker } from '../worker/worker';
+import { ImageResolver } from '../worker/image-resolver';
 
 export interface EmbeddedWorkerOptions {
   storage: Storage;
@@ -24,6 +25,7 @@ export interface EmbeddedWorkerOptions {
   concurrency: number;
   strict: boolean;
   platform: string;
+  images: ImageResolver;
 }
 
 export interface EmbeddedWorker {
@@ -55,6 +57,7 @@ export async function startEmbeddedWorker(opts: EmbeddedWorkerOptions): Promise<
       gid: ACTION_GID,
       defaultTimeoutMs: 15 * 60_000,
       maxTimeoutMs: 3 * 60 * 60_000,
+      images: opts.images,
     },
     platform: parseProperties(opts.platform),
     concurrency: opts.concurrency,

@@ -26,6 +26,8 @@ import { clientStream, notImplemented, serverStream, unary } from './grpc-adapte
 export interface ServerOptions {
   storage: Storage;
   allowActionCacheUpdates?: boolean;
+  /** Container image name -> current image ID, so results built in a replaced image miss. */
+  resolveImage?: (name: string) => Promise<string | undefined>;
   /** Offer remote execution: where operations live and the queue workers take actions from. */
   scheduler?: { operations: OperationStore; queue: ActionQueue };
 }
@@ -44,7 +46,7 @@ export async function startServer(listen: string, options: ServerOptions): Promi
   const uploads = new UploadSessions(storage);
   await uploads.collectAbandoned();
   const cas = new CasService(storage);
-  const actionCache = new ActionCacheService(storage, { allowClientUpdates: allowActionCacheUpdates });
+  const actionCache = new ActionCacheService(storage, { allowClientUpdates: allowActionCacheUpdates, resolveImage: options.resolveImage });
   const bytestream = new ByteStreamService(storage, uploads);
   const capabilities = new CapabilitiesService({
     allowActionCacheUpdates,

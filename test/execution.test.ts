@@ -2,6 +2,7 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
+import { execFileSync } from 'node:child_process';
 import { rex, rpc } from '../apis';
 import { ExecutionService, OperationsService, createClient, unary } from '../apis/services';
 import { clientsFor, readAll, statusOf } from './helpers/clients';
@@ -197,4 +198,26 @@ test('CancelOperation kills a running action', async () => {
   const stream = await done;
   const last = stream[stream.length - 1];
   assert.equal(last.response?.status?.code, grpc.status.CANCELLED, last.response?.status?.message ?? '');
+});
+
+test('re-tagging the image makes earlier results of that image miss', async () => {
+  const tag = `reapi-test-retag:${process.pid}`;
+  const docker = (...args: string[]) => execFileSync('docker', args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim();
+  docker('tag', 'reapi-toolchain:bookworm', tag);
+  const container = `reapi-test-retag-${process.pid}`;
+  try {
+    const action = await uploaded({ args: ['sh', '-c', 'ls /etc/reapi-retag-marker 2>/dev/null || echo none'], image: `docker://${tag}` });
+    assert.equal((await executeToEnd(exec, { actionDigest: action.actionDigest })).cachedResult, false);
+    assert.equal((await executeToEnd(exec, { actionDigest: action.actionDigest })).cachedResult, true, 'same image: a hit');
+    // A different image under the same name.
+    docker('run', '--name', container, '--network', 'none', '--user', '0', tag, 'touch', '/etc/reapi-retag-marker');
+    docker('commit', container, tag);
+    await new Promise((r) => setTimeout(r, 5500)); // image IDs are cached for 5 s
+    const rerun = await executeToEnd(exec, { actionDigest: action.actionDigest });
+    assert.equal(rerun.cachedResult, false, 'the image behind the name changed: the action runs again');
+    assert.equal(await blobText(rerun.result!.stdoutDigest), '/etc/reapi-retag-marker\n');
+  } finally {
+    execFileSync('docker', ['rm', '-f', container], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '-f', tag], { stdio: 'ignore' });
+  }
 });

@@ -15,6 +15,8 @@ import { FileCache } from './file-cache';
 import { createOutputParents, materializeInputRoot } from './input-tree';
 import { collectOutputs, uploadStdio } from './output-collector';
 import { Sandbox } from './sandbox/sandbox';
+import { ImageResolver } from './image-resolver';
+import { containerImageMetadata } from '../cas/action-cache-service';
 
 export interface PipelineOptions {
   workerName: string;
@@ -30,6 +32,7 @@ export interface PipelineOptions {
   /** Used when the Action sets no timeout, and the most an Action may ask for. */
   defaultTimeoutMs: number;
   maxTimeoutMs: number;
+  images: ImageResolver;
 }
 
 export interface PipelineOutcome {
@@ -87,9 +90,14 @@ export async function runActionPipeline(
     // Each action gets a private TMPDIR unless it chose one itself.
     env.TMPDIR ??= path.join(actionDir, 'tmp');
     const timeoutMs = actionTimeout(action, opts);
+    const image = containerImage(loaded.platform, opts.defaultImage);
+    // Recorded so the cache can tell when the image behind this name changed (see ActionCacheService).
+    const imageId = await opts.images.resolve(image);
+    if (imageId) meta.auxiliaryMetadata = [containerImageMetadata(image, imageId)];
     meta.executionStartTimestamp = now();
     const run = await opts.sandbox.run({
-      image: containerImage(loaded.platform, opts.defaultImage),
+      // By ID: warm containers of an image that was since re-tagged must not serve this action.
+      image: imageId ?? image,
       argv: command.arguments,
       env,
       cwd: path.join(root, command.workingDirectory),
