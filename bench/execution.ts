@@ -1,0 +1,93 @@
+// Remote execution overhead, measured in one run against baselines from the same run:
+//  1. per-action overhead through the whole Execute path (client -> queue -> warm container ->
+//     result) for a no-op action, p50/p90 (goal p50 <= 20 ms);
+//  2. Bazel building 200 independent small genrules with --remote_executor versus locally
+//     (--spawn_strategy=local), as a ratio (goal <= 1.3).
+// Needs Docker and the toolchain image (make bench provides both).
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { ExecutionService, createClient } from '../apis/services';
+import { clientsFor } from '../test/helpers/clients';
+import { buildAction, executeToEnd, upload } from '../test/helpers/actions';
+import { startServerProcess } from '../test/helpers/server-process';
+import { median, percentile, printTable } from './helpers/stats';
+
+const ACTIONS = 200;
+const GENRULES = 200;
+const BAZEL_ROUNDS = 3;
+
+async function executeOverhead(address: string): Promise<number[]> {
+  const clients = clientsFor(address);
+  const exec = createClient(ExecutionService, address);
+  const actions = Array.from({ length: ACTIONS + 10 }, (_, i) => buildAction({ args: ['true'], salt: `overhead-${Date.now()}-${i}` }));
+  await upload(clients.cas, actions.flatMap((a) => a.blobs));
+  const times: number[] = [];
+  for (const [i, action] of actions.entries()) {
+    const start = process.hrtime.bigint();
+    const response = await executeToEnd(exec, { actionDigest: action.actionDigest });
+    if (response.result?.exitCode !== 0) throw new Error(`no-op action failed: ${response.status?.message}`);
+    if (i >= 10) times.push(Number(process.hrtime.bigint() - start) / 1e6); // first ten warm the pool
+  }
+  clients.close();
+  exec.close();
+  return times;
+}
+
+function genruleWorkspace(): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'reapi-bench-ws-'));
+  writeFileSync(path.join(dir, 'WORKSPACE'), '');
+  const rules = Array.from({ length: GENRULES }, (_, i) => `genrule(name = "g${i}", outs = ["g${i}.txt"], cmd = "echo ${i} > $@")`);
+  writeFileSync(path.join(dir, 'BUILD'), rules.join('\n') + '\n');
+  return dir;
+}
+
+function bazelSeconds(workspace: string, outputBase: string, args: string[]): number {
+  const base = [`--output_base=${outputBase}`, '--max_idle_secs=60'];
+  spawnSync('bazel', [...base, 'clean'], { cwd: workspace, stdio: 'ignore' });
+  const start = process.hrtime.bigint();
+  const run = spawnSync('bazel', [...base, 'build', '--symlink_prefix=/', ...args, '//...'], { cwd: workspace, encoding: 'utf8' });
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  if (run.status !== 0) throw new Error(`bazel ${args.join(' ')} failed:\n${run.stderr.slice(-2000)}`);
+  return seconds;
+}
+
+async function main(): Promise<void> {
+  const server = await startServerProcess({ args: ['--worker', 'on'] });
+  const workspace = genruleWorkspace();
+  const outputBase = mkdtempSync(path.join(tmpdir(), 'reapi-bench-ob-'));
+  try {
+    const overhead = await executeOverhead(server.address);
+    printTable(`Execute overhead, no-op action in a warm container (${ACTIONS} runs)`, [
+      ['p50', `${median(overhead).toFixed(1)} ms`, 'goal <= 20 ms'],
+      ['p90', `${percentile(overhead, 90).toFixed(1)} ms`],
+    ]);
+
+    execFileSync('bazel', [`--output_base=${outputBase}`, '--max_idle_secs=60', 'info'], { cwd: workspace, stdio: 'ignore' }); // start the Bazel server once
+    const local: number[] = [];
+    const remote: number[] = [];
+    for (let round = 0; round < BAZEL_ROUNDS; round++) {
+      local.push(bazelSeconds(workspace, outputBase, ['--spawn_strategy=local']));
+      // A fresh instance name per round: an empty cache namespace, so every action really executes.
+      remote.push(bazelSeconds(workspace, outputBase, [`--remote_executor=grpc://${server.address}`, `--remote_instance_name=bench-${Date.now()}-${round}`, '--jobs=16']));
+    }
+    const ratio = median(remote) / median(local);
+    printTable(`Bazel, ${GENRULES} independent genrules, cold (median of ${BAZEL_ROUNDS})`, [
+      ['local (--spawn_strategy=local)', `${median(local).toFixed(2)} s`],
+      ['remote (--remote_executor)', `${median(remote).toFixed(2)} s`],
+      ['remote / local', ratio.toFixed(2), 'goal <= 1.3'],
+    ]);
+  } finally {
+    spawnSync('bazel', [`--output_base=${outputBase}`, 'shutdown'], { cwd: workspace, stdio: 'ignore' });
+    await server.stop();
+    rmSync(workspace, { recursive: true, force: true });
+    rmSync(outputBase, { recursive: true, force: true });
+    rmSync(server.dataDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench/execution: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});
