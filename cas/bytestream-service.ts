@@ -49,7 +49,9 @@ export class ByteStreamService {
         } else if (req.resourceName && req.resourceName !== resourceName) {
           throw invalidArgument(`resource_name changed within one Write stream (${JSON.stringify(resourceName)} then ${JSON.stringify(req.resourceName)})`);
         }
-        await writer.append(req.writeOffset, Buffer.from(req.data));
+        // A view, not a copy: the decoded message already holds the bytes in a Buffer.
+        const data = Buffer.isBuffer(req.data) ? req.data : Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
+        await writer.append(req.writeOffset, data);
         if (req.finishWrite) {
           const committedSize = await writer.finish();
           writer = undefined;
