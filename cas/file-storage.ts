@@ -6,11 +6,9 @@
 //   DATA/instances/<name>/ac/ab/<hash>-<size>  encoded ActionResults
 //
 // Blob files are immutable once renamed into place, so an in-memory index of what is known to
-// be present is always right for this process; anything not in it is checked on disk. Each
-// shard directory is listed once, when first consulted: a blob not in that listing and not
-// stored by this process since is absent without a system call (blobs enter the store only
-// through this class; files removed behind its back are noticed when a read finds them gone).
-import { promises as fs, readdirSync, statSync } from 'node:fs';
+// be present is always right for this process; anything not in it is checked on disk, never
+// assumed absent: another process (a second server on the same directory) may have added it.
+import { promises as fs, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { ActionCacheStore, BlobStore, ByteRange, Storage } from './blob-store';
@@ -68,8 +66,6 @@ export class FileStorage implements Storage {
 export class FileBlobStore implements BlobStore {
   /** hash -> size of blobs known to be on disk. */
   private readonly present = new Map<string, number>();
-  /** shard ("ab") -> names of the blob files in that shard directory when first listed. */
-  private readonly listings = new Map<string, Set<string>>();
 
   constructor(private readonly dir: string, private readonly scratchDir: string) {}
 
@@ -77,26 +73,9 @@ export class FileBlobStore implements BlobStore {
     return path.join(this.dir, d.hash.slice(0, 2), d.hash);
   }
 
-  /** The shard's file names, listed on first use; undefined if the directory cannot be listed. */
-  private listing(hash: string): Set<string> | undefined {
-    const shard = hash.slice(0, 2);
-    let names = this.listings.get(shard);
-    if (!names) {
-      try {
-        names = new Set(readdirSync(path.join(this.dir, shard)));
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return undefined;
-        names = new Set();
-      }
-      this.listings.set(shard, names);
-    }
-    return names;
-  }
-
   private isPresent(d: Digest): boolean {
     if (isEmptyDigest(d)) return true;
     if (this.present.get(d.hash) === d.sizeBytes) return true;
-    if (this.listing(d.hash)?.has(d.hash) === false) return false;
     try {
       // Synchronous stat on purpose: for FindMissingBlobs of thousands of digests it is several
       // times faster than a thread-pool round trip per file, and each call is microseconds.
