@@ -8,7 +8,10 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import Docker from 'dockerode';
-import { createDockerSandbox, SandboxError, type Sandbox, type SandboxRequest, type SandboxResult } from '../worker/sandbox/sandbox';
+import { status } from '@grpc/grpc-js';
+import { RpcError } from '../server/rpc-error';
+import { checkInputRootAbsolutePath } from '../worker/sandbox/input-root-path';
+import { createDockerSandbox, SandboxError, type Sandbox, type SandboxRequest, type SandboxResult, type SandboxSlot } from '../worker/sandbox/sandbox';
 
 const IMAGE = 'docker://reapi-toolchain:bookworm';
 const PATH_ENV = '/usr/local/bin:/usr/bin:/bin';
@@ -333,6 +336,131 @@ print("queued")
   });
 });
 
+/** A path no container or host directory uses yet. */
+function treePath(): string {
+  return `/work/reapi-test/sandbox-${process.pid}-${Math.random().toString(16).slice(2, 10)}`;
+}
+
+/** Stages what the pipeline would: the input root directory belongs to the action user. */
+function stage(slot: SandboxSlot, files: Record<string, string>): void {
+  const root = slot.inputRoot!.hostPath;
+  fs.chownSync(root, 1000, 1000);
+  for (const [name, content] of Object.entries(files)) fs.writeFileSync(path.join(root, name), content);
+}
+
+async function runInSlot(slot: SandboxSlot, execRoot: string, argv: string[], cwd = slot.inputRoot!.containerPath): Promise<Ran> {
+  const dir = actionDir(execRoot);
+  const req = { argv, env: { PATH: PATH_ENV }, cwd, stdoutPath: path.join(dir, 'stdout'), stderrPath: path.join(dir, 'stderr'), timeoutMs: 60_000 };
+  const result = await slot.run(req);
+  return { result, stdout: fs.readFileSync(req.stdoutPath, 'utf8'), stderr: fs.readFileSync(req.stderrPath, 'utf8'), dir };
+}
+
+function refusedPath(p: string, execRoot = '/srv/reapi/actions'): string | undefined {
+  try {
+    checkInputRootAbsolutePath(p, execRoot);
+    return undefined;
+  } catch (err) {
+    assert.ok(err instanceof RpcError && err.code === status.INVALID_ARGUMENT, String(err));
+    assert.ok(err.message.includes(JSON.stringify(p)), err.message);
+    return err.message;
+  }
+}
+
+describe('InputRootAbsolutePath validation', () => {
+  it('accepts ordinary project paths', () => {
+    for (const p of ['/work/src', '/b/f/w', '/home/user/chromium/src', '/opt/project', '/srv/reapi/other']) assert.equal(refusedPath(p), undefined, p);
+  });
+
+  it('refuses relative, unnormalized and system paths, and the exec root in either direction', () => {
+    for (const p of ['', 'work/src', './src', '/work/../etc', '/work/./src', '/work//src', '/work/src/', '/', '/usr', '/usr/local/src', '/etc/x', '/lib', '/lib64/x', '/libx32', '/tmp', '/tmp/src', '/proc/1', '/dev/x', '/var/tmp/x', '/.reapi', '/.reapi/ctl/x', '/srv', '/srv/reapi/actions', '/srv/reapi/actions/x']) {
+      assert.ok(refusedPath(p), `${JSON.stringify(p)} should be refused`);
+    }
+  });
+});
+
+describe('docker sandbox, input root paths', { skip }, () => {
+  const poolId = `reapi-sbx-test-root-${process.pid}`;
+  let execRoot: string;
+  let sandbox: Sandbox;
+
+  before(async () => {
+    execRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'reapi-sandbox-root-'));
+    fs.chmodSync(execRoot, 0o755);
+    // One container per path, three in all: a fourth path evicts the least recently used.
+    sandbox = await createDockerSandbox({ execRoot, poolId, maxContainersPerImage: 1, maxContainers: 3 });
+  });
+
+  after(async () => {
+    await sandbox?.close();
+    if (execRoot) fs.rmSync(execRoot, { recursive: true, force: true });
+  });
+
+  it('mounts the slot\'s own directory at the path and empties it on release', async () => {
+    const p = treePath();
+    const slot = await sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: p });
+    const hostRoot = slot.inputRoot!.hostPath;
+    assert.equal(slot.inputRoot!.containerPath, p);
+    assert.equal(path.dirname(hostRoot), execRoot, 'under the exec root: same filesystem as the cache');
+    stage(slot, { 'in.txt': 'input\n' });
+    const script = `pwd; cat in.txt; echo made > out.txt; touch ${path.dirname(p)}/sibling 2>/dev/null && echo parent-writable; cat /etc/hostname`;
+    const first = await runInSlot(slot, execRoot, ['sh', '-c', script]);
+    assert.equal(first.result.exitCode, 0, first.stderr);
+    assert.deepEqual(first.stdout.split('\n').slice(0, 2), [p, 'input']);
+    assert.equal(fs.readFileSync(path.join(hostRoot, 'out.txt'), 'utf8'), 'made\n', 'outputs land in the host directory');
+    await slot.release();
+    assert.deepEqual(fs.readdirSync(hostRoot), [], 'emptied, but kept for the next action');
+
+    const again = await sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: p });
+    try {
+      assert.equal(again.inputRoot!.hostPath, hostRoot, 'the same warm container and directory');
+      const second = await runInSlot(again, execRoot, ['sh', '-c', 'ls -A; cat /etc/hostname']);
+      assert.equal(second.stdout, first.stdout.split('\n')[2] + '\n', 'nothing left over, same container');
+    } finally {
+      await again.release();
+    }
+  });
+
+  it('refuses a cwd outside the slot\'s input root', async () => {
+    const slot = await sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: treePath() });
+    try {
+      await assert.rejects(runInSlot(slot, execRoot, ['true'], execRoot), /not an absolute path under the input root/);
+    } finally {
+      await slot.release();
+    }
+  });
+
+  it('refuses an unusable path before starting anything', async () => {
+    await assert.rejects(sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: '/usr/include' }), (err: Error) => err instanceof RpcError && err.code === status.INVALID_ARGUMENT);
+  });
+
+  it('keeps the staged inputs when a runner that died while idle is replaced', async () => {
+    const slot = await sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: treePath() });
+    try {
+      stage(slot, { 'in.txt': 'survives\n' });
+      const before = await runInSlot(slot, execRoot, ['cat', '/etc/hostname']);
+      await new Docker().getContainer(before.stdout.trim()).kill();
+      const after = await runInSlot(slot, execRoot, ['sh', '-c', 'cat in.txt; cat /etc/hostname']);
+      assert.equal(after.stdout.split('\n')[0], 'survives');
+      assert.notEqual(after.stdout.split('\n')[1], before.stdout.trim());
+    } finally {
+      await slot.release();
+    }
+  });
+
+  it('evicts the least recently used idle container beyond the total cap', async () => {
+    const paths = [treePath(), treePath(), treePath(), treePath()];
+    for (const p of paths) {
+      const slot = await sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: p });
+      await runInSlot(slot, execRoot, ['true']);
+      await slot.release();
+    }
+    await sandbox.acquire({ image: IMAGE }).then((slot) => slot.release()); // a fifth key evicts too
+    const byPath = async (p: string) => (await new Docker().listContainers({ all: true, filters: { label: [`reapi.pool=${poolId}`, `reapi.input-root=${p}`] } })).length;
+    assert.ok((await poolContainers(poolId)).length <= 3);
+    assert.deepEqual(await Promise.all(paths.map(byPath)), [0, 0, 1, 1]);
+  });
+});
+
 describe('docker sandbox, strict mode', { skip }, () => {
   const poolId = `reapi-sbx-test-strict-${process.pid}`;
   let execRoot: string;
@@ -367,8 +495,25 @@ describe('docker sandbox, strict mode', { skip }, () => {
     assert.equal(slow.stdout, 'partial\n');
   });
 
+  it('mounts each action\'s own fresh directory at the input root path', async () => {
+    const p = treePath();
+    const seen: { host: string; hostRoot: string }[] = [];
+    for (const name of ['first.txt', 'second.txt']) {
+      const slot = await sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: p });
+      stage(slot, { [name]: 'x' });
+      const { stdout } = await runInSlot(slot, execRoot, ['sh', '-c', 'pwd; ls -A; echo junk > junk.txt; cat /etc/hostname']);
+      await slot.release();
+      const [cwd, listed, host] = stdout.trim().split('\n');
+      assert.deepEqual([cwd, listed], [p, name]);
+      seen.push({ host: host!, hostRoot: slot.inputRoot!.hostPath });
+    }
+    assert.notEqual(seen[0]!.host, seen[1]!.host);
+    assert.notEqual(seen[0]!.hostRoot, seen[1]!.hostRoot);
+  });
+
   it('keeps no container once closed', async () => {
     await sandbox.close();
     assert.equal((await poolContainers(poolId)).length, 0);
+    assert.deepEqual(fs.readdirSync(execRoot).filter((name) => name.startsWith('input-root-')), [], 'input root directories go with their containers');
   });
 });

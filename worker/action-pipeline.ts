@@ -1,6 +1,8 @@
 // One action, start to finish, as visible stages: fetch inputs -> run -> upload outputs.
 // Every stage records its timestamps in ExecutedActionMetadata; whatever happens, the action's
-// directory is removed and its cache pins released.
+// directory is removed, its container slot released and its cache pins released.
+// With the InputRootAbsolutePath platform property the input root is staged into the acquired
+// container's own directory, which the action sees at that absolute path.
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
@@ -8,13 +10,13 @@ import { status } from '@grpc/grpc-js';
 import { protobuf, rex } from '../apis';
 import { Digest, digestKey } from '../cas/digest';
 import { LoadedAction, loadAction } from '../scheduler/action-loader';
-import { containerImage } from '../scheduler/platform';
+import { containerImage, propertyValue } from '../scheduler/platform';
 import { RpcError } from '../server/rpc-error';
 import { ContentAccess } from './content-access';
 import { FileCache } from './file-cache';
 import { createOutputParents, materializeInputRoot } from './input-tree';
 import { collectOutputs, uploadStdio } from './output-collector';
-import { Sandbox } from './sandbox/sandbox';
+import { Sandbox, SandboxSlot } from './sandbox/sandbox';
 import { ImageResolver } from './image-resolver';
 import { containerImageMetadata } from '../cas/action-cache-service';
 
@@ -56,19 +58,32 @@ export async function runActionPipeline(
 ): Promise<PipelineOutcome> {
   const meta: rex.ExecutedActionMetadata.$Properties = { worker: opts.workerName, queuedTimestamp: timestamp(queuedAt), workerStartTimestamp: now() };
   const actionDir = path.join(opts.actionsDir, randomUUID());
-  const root = path.join(actionDir, 'root');
   let release: (() => void) | undefined;
+  let slot: SandboxSlot | undefined;
   let loaded: LoadedAction | undefined;
   try {
     loaded = await loadAction((d) => opts.access.read(instanceName, d), actionDigest);
     const { action, command } = loaded;
+    const image = containerImage(loaded.platform, opts.defaultImage);
+    // Recorded so the cache can tell when the image behind this name changed (see ActionCacheService).
+    const imageId = await opts.images.resolve(image);
+    if (imageId) meta.auxiliaryMetadata = [containerImageMetadata(image, imageId)];
+    // The container comes first: with InputRootAbsolutePath the inputs go into its own directory.
+    slot = await opts.sandbox.acquire({
+      // By ID: warm containers of an image that was since re-tagged must not serve this action.
+      image: imageId ?? image,
+      inputRootAbsolutePath: propertyValue(loaded.platform, 'InputRootAbsolutePath'),
+    });
+    // Where the inputs are staged on the host, and where the action sees them.
+    const root = slot.inputRoot?.hostPath ?? path.join(actionDir, 'root');
+    const rootInContainer = slot.inputRoot?.containerPath ?? root;
 
     meta.inputFetchStartTimestamp = now();
     // The action's own directory belongs to the action user: its stdout/stderr and TMPDIR live here.
     await fs.mkdir(path.join(actionDir, 'tmp'), { recursive: true });
     await fs.chown(actionDir, opts.uid, opts.gid);
     await fs.chown(path.join(actionDir, 'tmp'), opts.uid, opts.gid);
-    await fs.mkdir(root);
+    if (!slot.inputRoot) await fs.mkdir(root);
     const staged = await materializeInputRoot({
       instanceName,
       rootDigest: loaded.inputRootDigest,
@@ -90,17 +105,11 @@ export async function runActionPipeline(
     // Each action gets a private TMPDIR unless it chose one itself.
     env.TMPDIR ??= path.join(actionDir, 'tmp');
     const timeoutMs = actionTimeout(action, opts);
-    const image = containerImage(loaded.platform, opts.defaultImage);
-    // Recorded so the cache can tell when the image behind this name changed (see ActionCacheService).
-    const imageId = await opts.images.resolve(image);
-    if (imageId) meta.auxiliaryMetadata = [containerImageMetadata(image, imageId)];
     meta.executionStartTimestamp = now();
-    const run = await opts.sandbox.run({
-      // By ID: warm containers of an image that was since re-tagged must not serve this action.
-      image: imageId ?? image,
+    const run = await slot.run({
       argv: command.arguments,
       env,
-      cwd: path.join(root, command.workingDirectory),
+      cwd: path.posix.join(rootInContainer, command.workingDirectory),
       stdoutPath: path.join(actionDir, 'stdout'),
       stderrPath: path.join(actionDir, 'stderr'),
       timeoutMs,
@@ -135,6 +144,7 @@ export async function runActionPipeline(
     const e = err instanceof RpcError ? err : new RpcError(status.INTERNAL, `action ${digestKey(actionDigest)} on ${opts.workerName}: ${(err as Error).message}`);
     return { status: { code: e.code, message: e.message, missing: e.missing }, cacheable: false };
   } finally {
+    await slot?.release(); // empties a slot's own input root: the pinned cache files are unlinked there
     release?.();
     await fs.rm(actionDir, { recursive: true, force: true }).catch(() => undefined);
   }

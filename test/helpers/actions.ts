@@ -18,9 +18,11 @@ export interface ActionSpec {
   args: string[];
   env?: Record<string, string>;
   outputPaths?: string[];
-  /** Input files at the root of the input root: name -> content. */
+  /** Input files: path relative to the input root ("a.txt", "src/x.c") -> content. */
   inputs?: Record<string, string>;
   image?: string;
+  /** Platform properties besides container-image, e.g. InputRootAbsolutePath. */
+  platform?: { name: string; value: string }[];
   timeoutSeconds?: number;
   doNotCache?: boolean;
   /** Makes otherwise identical actions distinct. */
@@ -36,11 +38,10 @@ export interface BuiltAction {
 export const TOOLCHAIN = 'docker://reapi-toolchain:bookworm';
 
 export function buildAction(spec: ActionSpec): BuiltAction {
-  const files = Object.entries(spec.inputs ?? {})
-    .sort(([a], [b]) => (a < b ? -1 : 1))
-    .map(([name, content]) => ({ name, blob: blob(content) }));
-  const root = blob(rex.Directory.encode({ files: files.map((f) => ({ name: f.name, digest: f.blob.digest })) }).finish());
-  const platform = { properties: [{ name: 'container-image', value: spec.image ?? TOOLCHAIN }] };
+  const tree = inputTree(Object.entries(spec.inputs ?? {}));
+  const platform = {
+    properties: [{ name: 'container-image', value: spec.image ?? TOOLCHAIN }, ...(spec.platform ?? [])].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+  };
   const command = blob(
     rex.Command.encode({
       arguments: spec.args,
@@ -55,14 +56,35 @@ export function buildAction(spec: ActionSpec): BuiltAction {
   const action = blob(
     rex.Action.encode({
       commandDigest: command.digest,
-      inputRootDigest: root.digest,
+      inputRootDigest: tree.root.digest,
       timeout: spec.timeoutSeconds ? { seconds: spec.timeoutSeconds } : undefined,
       doNotCache: spec.doNotCache ?? false,
       salt: Buffer.from(spec.salt ?? ''),
       platform,
     }).finish(),
   );
-  return { actionDigest: action.digest, blobs: [action, command, root, ...files.map((f) => f.blob)] };
+  return { actionDigest: action.digest, blobs: [action, command, tree.root, ...tree.blobs] };
+}
+
+/** The Directory for these files (paths may have subdirectories), and every blob below it. */
+function inputTree(entries: [string, string][]): { root: Blob; blobs: Blob[] } {
+  const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : 1);
+  const files: { name: string; blob: Blob }[] = [];
+  const subdirs = new Map<string, [string, string][]>();
+  for (const [p, content] of entries) {
+    const slash = p.indexOf('/');
+    if (slash < 0) files.push({ name: p, blob: blob(content) });
+    else subdirs.set(p.slice(0, slash), [...(subdirs.get(p.slice(0, slash)) ?? []), [p.slice(slash + 1), content]]);
+  }
+  const directories = [...subdirs].map(([name, children]) => ({ name, ...inputTree(children) })).sort(byName);
+  files.sort(byName);
+  const root = blob(
+    rex.Directory.encode({
+      files: files.map((f) => ({ name: f.name, digest: f.blob.digest })),
+      directories: directories.map((d) => ({ name: d.name, digest: d.root.digest })),
+    }).finish(),
+  );
+  return { root, blobs: [...files.map((f) => f.blob), ...directories.flatMap((d) => [d.root, ...d.blobs])] };
 }
 
 export async function upload(cas: ContentAddressableStorageClient, blobs: Blob[], instanceName = ''): Promise<void> {

@@ -1,12 +1,22 @@
-// Warm sandbox containers per image: reuse idle ones, grow up to a cap, replace misbehaving ones.
-import { randomBytes } from 'node:crypto';
+// Warm sandbox containers keyed by (image, InputRootAbsolutePath): reuse idle ones, grow up to a
+// cap per key and a cap in total (evicting the least recently used idle container of another
+// key), replace misbehaving ones.
 import type Docker from 'dockerode';
+import { randomBytes } from 'node:crypto';
 import type { SandboxLimits } from './container-settings';
 import { ensureImagePresent } from './image-name';
+import { createInputRootDir, removeInputRootDir } from './input-root-dir';
 import { SandboxContainer } from './sandbox-container';
 import { SandboxError } from './sandbox-error';
 
 export const POOL_LABEL = 'reapi.pool';
+
+/** What an action needs of its container; containers are interchangeable only for equal keys. */
+export interface ContainerKey {
+  image: string;
+  /** Mounted at this path inside the container: an already validated InputRootAbsolutePath. */
+  inputRootPath?: string;
+}
 
 export interface ContainerPoolOptions {
   docker: Docker;
@@ -15,23 +25,38 @@ export interface ContainerPoolOptions {
   /** Host directory holding one control dir (runner socket) per container. */
   stateDir: string;
   runnerPath: string;
+  /** Also where containers with an input root path get their private host directory. */
   execRoot: string;
   limits: SandboxLimits;
-  maxContainersPerImage: number;
+  maxContainersPerKey: number;
+  /** Idle containers of paths no longer used must not pile up: above this the LRU idle one goes. */
+  maxContainers: number;
   /** false = strict mode: every container serves exactly one action and is then removed. */
   reuse: boolean;
 }
 
 interface Waiter {
+  want: ContainerKey;
   resolve(c: SandboxContainer): void;
   reject(err: Error): void;
 }
 
+function keyOf(want: ContainerKey): string {
+  return `${want.image}\0${want.inputRootPath ?? ''}`;
+}
+
+function keyOfContainer(c: SandboxContainer): string {
+  return keyOf({ image: c.image, inputRootPath: c.inputRoot?.containerPath });
+}
+
 export class ContainerPool {
-  private readonly idle = new Map<string, SandboxContainer[]>();
-  /** Containers counted against the cap per image: starting, busy or idle. */
+  /** Idle containers, least recently released first. */
+  private readonly idle: SandboxContainer[] = [];
+  /** Containers counted against the caps (starting, busy or idle), by key. */
   private readonly live = new Map<string, number>();
-  private readonly waiters = new Map<string, Waiter[]>();
+  private liveTotal = 0;
+  /** In arrival order; a waiter that cannot be served yet does not hold up others that can. */
+  private readonly waiters: Waiter[] = [];
   private readonly existing = new Set<SandboxContainer>();
   private readonly pendingRemovals = new Set<Promise<void>>();
   private readonly imagesPresent = new Set<string>();
@@ -41,6 +66,11 @@ export class ContainerPool {
 
   constructor(private readonly opts: ContainerPoolOptions) {}
 
+  /** False in strict mode: released containers are removed, so emptying them first is wasted work. */
+  get reusesContainers(): boolean {
+    return this.opts.reuse;
+  }
+
   /** Removes every container labelled with this pool id, e.g. left by a worker that crashed. */
   static async removeLeftovers(docker: Docker, poolId: string): Promise<number> {
     const leftovers = await docker.listContainers({ all: true, filters: { label: [`${POOL_LABEL}=${poolId}`] } });
@@ -48,91 +78,124 @@ export class ContainerPool {
     return leftovers.length;
   }
 
-  /** An idle container for the image, a new one if under the cap, else the next one released. */
-  async acquire(image: string): Promise<SandboxContainer> {
-    if (this.closed) throw new SandboxError('sandbox is closed', { image });
-    const idle = this.idle.get(image);
-    if (idle?.length) return idle.pop()!; // most recently used first: its pages are still hot
-    if (this.liveCount(image) < this.opts.maxContainersPerImage) return this.startCounted(image);
-    return new Promise((resolve, reject) => {
-      const queue = this.waiters.get(image) ?? [];
-      queue.push({ resolve, reject });
-      this.waiters.set(image, queue);
-    });
+  /** An idle container for the key, a new one if the caps allow, else the next one that fits. */
+  async acquire(want: ContainerKey): Promise<SandboxContainer> {
+    if (this.closed) throw new SandboxError('sandbox is closed', { image: want.image });
+    return this.tryAcquire(want) ?? new Promise((resolve, reject) => this.waiters.push({ want, resolve, reject }));
   }
 
   /** Hands the container back. Unhealthy (or strict-mode) containers are removed, freeing a slot. */
   release(container: SandboxContainer, healthy: boolean): void {
-    const image = container.image;
-    if (!healthy || !this.opts.reuse || this.closed) {
-      this.discard(container);
-      this.startForNextWaiter(image);
-      return;
-    }
-    const waiter = this.waiters.get(image)?.shift();
-    if (waiter) return waiter.resolve(container);
-    const idle = this.idle.get(image) ?? [];
-    idle.push(container);
-    this.idle.set(image, idle);
+    if (!healthy || !this.opts.reuse || this.closed) this.discard(container);
+    else this.idle.push(container);
+    this.serveWaiters();
+  }
+
+  /**
+   * The container's runner died before taking a request: a fresh container with the same input
+   * root mount (whose directory may already hold the staged inputs) takes its place and its count.
+   */
+  async replace(broken: SandboxContainer): Promise<SandboxContainer> {
+    if (!this.existing.delete(broken)) throw new SandboxError('sandbox closed while replacing a container', { image: broken.image, container: broken.id });
+    this.track(broken.remove());
+    return this.startCounted({ image: broken.image, inputRootPath: broken.inputRoot?.containerPath }, broken.inputRoot?.hostPath, false);
   }
 
   /** Removes all containers (busy ones too: their actions fail) and waits for the removals. */
   async close(): Promise<void> {
     this.closed = true;
-    for (const queue of this.waiters.values()) {
-      for (const w of queue.splice(0)) w.reject(new SandboxError('sandbox closed while waiting for a container'));
-    }
+    for (const w of this.waiters.splice(0)) w.reject(new SandboxError('sandbox closed while waiting for a container'));
     for (const c of [...this.existing]) this.discard(c);
-    this.idle.clear();
+    this.idle.length = 0;
     while (this.pendingRemovals.size) await Promise.all([...this.pendingRemovals]);
   }
 
-  private liveCount(image: string): number {
-    return this.live.get(image) ?? 0;
+  /** A container if one can be had now (idle, or started within the caps); undefined means wait. */
+  private tryAcquire(want: ContainerKey): Promise<SandboxContainer> | undefined {
+    const key = keyOf(want);
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      // Most recently used first: its pages are still hot.
+      if (keyOfContainer(this.idle[i]!) === key) return Promise.resolve(this.idle.splice(i, 1)[0]!);
+    }
+    if ((this.live.get(key) ?? 0) >= this.opts.maxContainersPerKey) return undefined;
+    if (this.liveTotal >= this.opts.maxContainers) {
+      const leastRecentlyUsed = this.idle.shift();
+      if (!leastRecentlyUsed) return undefined; // all busy: wait for a release
+      this.discard(leastRecentlyUsed);
+    }
+    return this.startCounted(want);
   }
 
-  private async startCounted(image: string): Promise<SandboxContainer> {
-    this.live.set(image, this.liveCount(image) + 1);
-    try {
-      if (!this.imagesPresent.has(image)) {
-        await ensureImagePresent(this.opts.docker, image);
-        this.imagesPresent.add(image);
+  private serveWaiters(): void {
+    for (let i = 0; i < this.waiters.length; ) {
+      const waiter = this.waiters[i]!;
+      const got = this.closed ? undefined : this.tryAcquire(waiter.want);
+      if (!got) {
+        i++;
+        continue;
       }
+      this.waiters.splice(i, 1);
+      got.then(waiter.resolve, waiter.reject);
+    }
+  }
+
+  private count(key: string, delta: number): void {
+    this.live.set(key, (this.live.get(key) ?? 0) + delta);
+    this.liveTotal += delta;
+  }
+
+  /** Starts a container for the key, counted from now on; with an input root path it gets its
+   * own host directory, or keeps `hostRoot` when replacing a broken container. */
+  private async startCounted(want: ContainerKey, hostRoot?: string, countIt = true): Promise<SandboxContainer> {
+    const key = keyOf(want);
+    if (countIt) this.count(key, +1);
+    try {
+      if (!this.imagesPresent.has(want.image)) {
+        await ensureImagePresent(this.opts.docker, want.image);
+        this.imagesPresent.add(want.image);
+      }
+      if (want.inputRootPath && !hostRoot) hostRoot = await createInputRootDir(this.opts.execRoot);
       const container = await SandboxContainer.start(
         this.opts.docker,
         {
-          image,
+          image: want.image,
           name: `${this.opts.poolId}-${this.instance}-${++this.seq}`,
-          labels: { [POOL_LABEL]: this.opts.poolId, 'reapi.image': image, 'reapi.mode': this.opts.reuse ? 'warm' : 'strict' },
+          labels: {
+            [POOL_LABEL]: this.opts.poolId,
+            'reapi.image': want.image,
+            'reapi.mode': this.opts.reuse ? 'warm' : 'strict',
+            ...(want.inputRootPath ? { 'reapi.input-root': want.inputRootPath } : {}),
+          },
           runnerPath: this.opts.runnerPath,
           execRoot: this.opts.execRoot,
+          inputRoot: want.inputRootPath && hostRoot ? { hostPath: hostRoot, containerPath: want.inputRootPath } : undefined,
           limits: this.opts.limits,
         },
         this.opts.stateDir,
       );
       if (this.closed) {
         await container.remove();
-        throw new SandboxError('sandbox closed while starting a container', { image });
+        throw new SandboxError('sandbox closed while starting a container', { image: want.image });
       }
       this.existing.add(container);
       return container;
     } catch (err) {
-      this.live.set(image, this.liveCount(image) - 1);
-      this.startForNextWaiter(image); // its slot was counted when it queued behind us
+      this.count(key, -1);
+      if (hostRoot) await removeInputRootDir(hostRoot);
+      this.serveWaiters(); // the count it held may be what a waiter needs
       throw err;
     }
   }
 
-  /** A slot freed up: if someone waits for this image, start a container for them. */
-  private startForNextWaiter(image: string): void {
-    const waiter = this.waiters.get(image)?.shift();
-    if (waiter) this.startCounted(image).then(waiter.resolve, waiter.reject);
-  }
-
   private discard(container: SandboxContainer): void {
     if (!this.existing.delete(container)) return;
-    this.live.set(container.image, this.liveCount(container.image) - 1);
-    const removal = container.remove().finally(() => this.pendingRemovals.delete(removal));
-    this.pendingRemovals.add(removal);
+    this.count(keyOfContainer(container), -1);
+    const hostRoot = container.inputRoot?.hostPath;
+    this.track(container.remove().then(() => (hostRoot ? removeInputRootDir(hostRoot) : undefined)));
+  }
+
+  private track(removal: Promise<void>): void {
+    const tracked = removal.finally(() => this.pendingRemovals.delete(tracked));
+    this.pendingRemovals.add(tracked);
   }
 }

@@ -36,7 +36,15 @@ export interface ContainerSpec {
   controlDir: string;
   /** host directory mounted read-write at the same absolute path, so paths need no translation */
   execRoot: string;
+  /** InputRootAbsolutePath: a private host directory mounted read-write at the requested path */
+  inputRoot?: InputRootMount;
   limits: SandboxLimits;
+}
+
+export interface InputRootMount {
+  hostPath: string;
+  /** Docker creates it (and missing parents, root-owned) even in the read-only root filesystem. */
+  containerPath: string;
 }
 
 export function containerCreateOptions(spec: ContainerSpec): Docker.ContainerCreateOptions {
@@ -69,6 +77,7 @@ export function containerCreateOptions(spec: ContainerSpec): Docker.ContainerCre
         { Type: 'bind', Source: spec.runnerPath, Target: RUNNER_IN_CONTAINER, ReadOnly: true },
         { Type: 'bind', Source: spec.controlDir, Target: CONTROL_DIR_IN_CONTAINER, ReadOnly: false },
         { Type: 'bind', Source: spec.execRoot, Target: spec.execRoot, ReadOnly: false },
+        ...(spec.inputRoot ? [{ Type: 'bind' as const, Source: spec.inputRoot.hostPath, Target: spec.inputRoot.containerPath, ReadOnly: false }] : []),
       ],
     },
   };

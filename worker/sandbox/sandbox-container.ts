@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type Docker from 'dockerode';
-import { SOCKET_NAME, containerCreateOptions, type ContainerSpec } from './container-settings';
+import { SOCKET_NAME, containerCreateOptions, type ContainerSpec, type InputRootMount } from './container-settings';
 import { imageMissingError } from './image-name';
 import { SandboxError } from './sandbox-error';
 
@@ -18,6 +18,8 @@ export class SandboxContainer {
     readonly id: string,
     readonly image: string,
     readonly controlDir: string,
+    /** Present when the container serves actions with this InputRootAbsolutePath. */
+    readonly inputRoot: InputRootMount | undefined,
   ) {}
 
   get socketPath(): string {
@@ -36,7 +38,7 @@ export class SandboxContainer {
       if ((err as { statusCode?: number }).statusCode === 404) throw imageMissingError(spec.image);
       throw new SandboxError(`cannot create container: ${(err as Error).message}`, { image: spec.image }, { cause: err });
     }
-    const sc = new SandboxContainer(docker, container.id, spec.image, controlDir);
+    const sc = new SandboxContainer(docker, container.id, spec.image, controlDir, spec.inputRoot);
     try {
       await container.start();
       await sc.waitUntilListening(container);
@@ -85,7 +87,7 @@ export class SandboxContainer {
     }
   }
 
-  /** Force-removes the container (SIGKILL) and its control dir. Never throws. */
+  /** Force-removes the container (SIGKILL) and its control dir, not its input root dir. Never throws. */
   async remove(): Promise<void> {
     await this.docker
       .getContainer(this.id)

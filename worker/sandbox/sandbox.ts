@@ -1,4 +1,4 @@
-// The worker's entry point for running one action's command in a Docker sandbox container.
+// The worker's entry point for running actions in Docker sandbox containers.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -6,14 +6,14 @@ import path from 'node:path';
 import Docker from 'dockerode';
 import { compileRunner } from './compile-runner';
 import { ContainerPool } from './container-pool';
-import { DEFAULT_LIMITS, type SandboxLimits } from './container-settings';
+import { DEFAULT_LIMITS, type InputRootMount, type SandboxLimits } from './container-settings';
 import { dockerImageName } from './image-name';
-import { RunnerConnectionError, exchangeWithRunner } from './runner-client';
-import { decodeReply, encodeRequest } from './runner-protocol';
-import type { SandboxContainer } from './sandbox-container';
+import { checkInputRootAbsolutePath } from './input-root-path';
+import { ContainerSlot } from './sandbox-slot';
 import { SandboxError } from './sandbox-error';
 
 export { SandboxError } from './sandbox-error';
+export type { InputRootMount } from './container-settings';
 
 export interface SandboxRequest {
   /** "name:tag" or "docker://name:tag"; must already be present on the Docker host */
@@ -21,8 +21,10 @@ export interface SandboxRequest {
   argv: string[];
   /** the action's complete environment: nothing else is inherited */
   env: Record<string, string>;
-  /** absolute host path under the exec root (identical inside the container) */
+  /** absolute path inside the container: under the slot's input root if it has one, else under
+   * the exec root (which the container sees at its host path) */
   cwd: string;
+  /** absolute host paths under the exec root (identical inside the container) */
   stdoutPath: string;
   stderrPath: string;
   /** 0 = no timeout */
@@ -31,6 +33,28 @@ export interface SandboxRequest {
   maxOutputBytes?: number;
   /** aborting kills the action (its container is removed and replaced) */
   signal?: AbortSignal;
+}
+
+/** A run inside an acquired slot: the image is the slot's. */
+export type SlotRunRequest = Omit<SandboxRequest, 'image'>;
+
+export interface SlotRequest {
+  image: string;
+  /** The InputRootAbsolutePath platform property; refused with INVALID_ARGUMENT if unusable. */
+  inputRootAbsolutePath?: string;
+}
+
+/**
+ * One container held by one action. With an input root path the slot owns a private host
+ * directory mounted at that path: stage the inputs into inputRoot.hostPath, run with a cwd under
+ * inputRoot.containerPath, collect outputs from hostPath, then release (which empties it).
+ */
+export interface SandboxSlot {
+  /** Undefined without an input root path: the input root may be any directory under the exec root. */
+  readonly inputRoot: InputRootMount | undefined;
+  run(req: SlotRunRequest): Promise<SandboxResult>;
+  /** Call once, whatever happened; never throws. */
+  release(): Promise<void>;
 }
 
 export interface SandboxResult {
@@ -46,6 +70,9 @@ export interface SandboxResult {
 }
 
 export interface Sandbox {
+  /** Waits for a container for (image, input root path) and holds it until release(). */
+  acquire(req: SlotRequest): Promise<SandboxSlot>;
+  /** acquire + run + release, for actions without an input root path. */
   run(req: SandboxRequest): Promise<SandboxResult>;
   close(): Promise<void>;
 }
@@ -55,7 +82,10 @@ export interface DockerSandboxOptions {
   execRoot: string;
   /** a fresh container per action instead of warm reused ones */
   strict?: boolean;
+  /** per (image, input root path) */
   maxContainersPerImage?: number;
+  /** warm containers of all keys together (default: twice maxContainersPerImage) */
+  maxContainers?: number;
   /** "uid:gid" inside the container (default 1000:1000) */
   user?: string;
   memoryBytes?: number;
@@ -69,9 +99,6 @@ export interface DockerSandboxOptions {
   stateDir?: string;
   runnerCacheDir?: string;
 }
-
-/** Slack on top of the action timeout before a silent runner counts as broken (covers the sweep). */
-const REPLY_GRACE_MS = 60_000;
 
 export async function createDockerSandbox(opts: DockerSandboxOptions): Promise<Sandbox> {
   const execRoot = path.resolve(opts.execRoot);
@@ -102,6 +129,7 @@ export async function createDockerSandbox(opts: DockerSandboxOptions): Promise<S
   await fs.promises.rm(stateDir, { recursive: true, force: true });
   await fs.promises.mkdir(stateDir, { recursive: true, mode: 0o700 });
 
+  const maxContainersPerKey = opts.maxContainersPerImage ?? Math.max(1, os.availableParallelism());
   const pool = new ContainerPool({
     docker,
     poolId,
@@ -109,80 +137,28 @@ export async function createDockerSandbox(opts: DockerSandboxOptions): Promise<S
     runnerPath,
     execRoot,
     limits,
-    maxContainersPerImage: opts.maxContainersPerImage ?? Math.max(1, os.availableParallelism()),
+    maxContainersPerKey,
+    maxContainers: Math.max(maxContainersPerKey, opts.maxContainers ?? 2 * maxContainersPerKey),
     reuse: !strict,
   });
+  const acquire = async (req: SlotRequest): Promise<SandboxSlot> => {
+    const image = dockerImageName(req.image);
+    const inputRootPath = req.inputRootAbsolutePath === undefined ? undefined : checkInputRootAbsolutePath(req.inputRootAbsolutePath, execRoot);
+    return new ContainerSlot(pool, execRoot, await pool.acquire({ image, inputRootPath }));
+  };
   return {
-    run: (req) => runAction(pool, execRoot, req),
+    acquire,
+    run: async ({ image, ...req }) => {
+      const slot = await acquire({ image });
+      try {
+        return await slot.run(req);
+      } finally {
+        await slot.release();
+      }
+    },
     close: async () => {
       await pool.close();
       await fs.promises.rm(stateDir, { recursive: true, force: true });
     },
   };
-}
-
-async function runAction(pool: ContainerPool, execRoot: string, req: SandboxRequest): Promise<SandboxResult> {
-  const image = dockerImageName(req.image);
-  const argv0 = req.argv[0];
-  for (const [what, p] of [['cwd', req.cwd], ['stdoutPath', req.stdoutPath], ['stderrPath', req.stderrPath]] as const) {
-    if (!isUnder(execRoot, p)) throw new SandboxError(`${what} ${p} is not an absolute path under the exec root ${execRoot}`, { image, argv0 });
-  }
-  const payload = encodeRequest({ ...req, maxOutputBytes: req.maxOutputBytes ?? 0 });
-  const replyTimeoutMs = req.timeoutMs > 0 ? req.timeoutMs + REPLY_GRACE_MS : 0;
-
-  for (let attempt = 1; ; attempt++) {
-    if (req.signal?.aborted) throw new SandboxError('action cancelled before it started', { image, argv0 });
-    const container = await pool.acquire(image);
-    // Cancelling mid-run: removing the container is the one kill nothing inside can survive.
-    const cancel = () => void container.remove().catch(() => undefined);
-    req.signal?.addEventListener('abort', cancel, { once: true });
-    let raw: Buffer;
-    try {
-      raw = await exchangeWithRunner(container.socketPath, payload, replyTimeoutMs);
-    } catch (err) {
-      if (req.signal?.aborted) {
-        pool.release(container, false);
-        throw new SandboxError('action cancelled while running', { image, container: container.id, argv0 }, { cause: err });
-      }
-      // Not even connected (runner died while idle): the action never started, so retry it once.
-      if (err instanceof RunnerConnectionError && err.phase === 'connect' && attempt === 1) {
-        pool.release(container, false);
-        continue;
-      }
-      return failContainer(pool, container, err, argv0);
-    }
-    finally {
-      req.signal?.removeEventListener('abort', cancel);
-    }
-    const reply = decodeReply(raw);
-    if (!reply) return failContainer(pool, container, new Error(`malformed reply from runner (${raw.length} bytes)`), argv0);
-    // A container whose sweep left processes behind is not clean enough for the next action.
-    pool.release(container, !reply.straysSurvived);
-    if (!reply.started) throw new SandboxError(`runner could not start the action: ${reply.message}`, { image, argv0 });
-    const signal = reply.termSignal ? signalName(reply.termSignal) : undefined;
-    return {
-      exitCode: reply.termSignal ? 128 + reply.termSignal : reply.exitCode,
-      ...(signal ? { signal } : {}),
-      timedOut: reply.timedOut,
-      ...(reply.outputLimitExceeded ? { outputLimitExceeded: true } : {}),
-      wallMicros: reply.wallMicros,
-    };
-  }
-}
-
-/** The runner broke mid-action: replace its container and report what Docker knows about it. */
-async function failContainer(pool: ContainerPool, container: SandboxContainer, err: unknown, argv0: string | undefined): Promise<never> {
-  const state = await container.describeState();
-  pool.release(container, false);
-  throw new SandboxError(`sandbox runner failed: ${(err as Error).message}; ${state}`, { image: container.image, container: container.id, argv0 }, { cause: err });
-}
-
-function isUnder(root: string, p: string): boolean {
-  return path.isAbsolute(p) && (path.resolve(p) === root || path.resolve(p).startsWith(root + path.sep));
-}
-
-const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, num]) => [num as number, name]));
-
-function signalName(num: number): string {
-  return SIGNAL_NAMES.get(num) ?? `SIG${num}`;
 }

@@ -1,0 +1,132 @@
+// The InputRootAbsolutePath platform property (reclient, Siso) end to end: `reapi serve` with its
+// embedded Docker worker runs the action with its input root at that path inside the container,
+// so compilers record the same paths as a local build in a tree at that path.
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { rex } from '../apis';
+import { ExecutionService, createClient } from '../apis/services';
+import { clientsFor, readAll } from './helpers/clients';
+import { ServerProcess, startServerProcess } from './helpers/server-process';
+import { ActionSpec, Response, buildAction, executeToEnd, upload } from './helpers/actions';
+
+let server: ServerProcess;
+let clients: ReturnType<typeof clientsFor>;
+let exec: InstanceType<typeof ExecutionService.Client>;
+
+/** A fresh path per use: nothing on the host or in a container exists there yet. */
+function treePath(): string {
+  return `/work/reapi-test/tree-${randomBytes(6).toString('hex')}`;
+}
+
+before(async () => {
+  server = await startServerProcess({ args: ['--worker', 'on'] });
+  clients = clientsFor(server.address);
+  exec = createClient(ExecutionService, server.address);
+});
+
+after(async () => {
+  clients.close();
+  exec.close();
+  await server.stop();
+});
+
+async function run(inputRoot: string | undefined, spec: ActionSpec): Promise<Response> {
+  const action = buildAction({ ...spec, platform: inputRoot === undefined ? [] : [{ name: 'InputRootAbsolutePath', value: inputRoot }] });
+  await upload(clients.cas, action.blobs);
+  return executeToEnd(exec, { actionDigest: action.actionDigest, skipCacheLookup: true });
+}
+
+async function succeeded(response: Response): Promise<rex.ActionResult> {
+  assert.equal(response.status?.code ?? 0, 0, response.status?.message ?? '');
+  const result = response.result!;
+  assert.equal(result.exitCode, 0, await text(result.stderrDigest));
+  return result;
+}
+
+async function bytes(digest: rex.Digest.$Properties | null | undefined): Promise<Buffer> {
+  return readAll(clients.bs, { resourceName: `blobs/${digest!.hash}/${digest!.sizeBytes}` });
+}
+
+async function text(digest: rex.Digest.$Properties | null | undefined): Promise<string> {
+  return (await bytes(digest)).toString();
+}
+
+function containersFor(inputRoot: string): string[] {
+  const out = execFileSync('docker', ['ps', '-a', '-q', '--filter', `label=reapi.input-root=${inputRoot}`], { encoding: 'utf8' });
+  return out.split('\n').filter(Boolean);
+}
+
+test('the action runs at the requested path and finds its inputs there', async () => {
+  const root = treePath();
+  const script = 'pwd; cat in.txt; cat sub/nested.txt; (echo tampered >> in.txt) 2>/dev/null && echo modified-input; cat in.txt';
+  const result = await succeeded(await run(root, { args: ['sh', '-c', script], inputs: { 'in.txt': 'top\n', 'sub/nested.txt': 'nested\n' } }));
+  assert.equal(await text(result.stdoutDigest), `${root}\ntop\nnested\ntop\n`, 'cwd is the path; inputs are read-only');
+
+  const inSub = await succeeded(await run(root, { args: ['sh', '-c', 'pwd; cat nested.txt'], inputs: { 'sub/nested.txt': 'nested\n' }, workingDirectory: 'sub' }));
+  assert.equal(await text(inSub.stdoutDigest), `${root}/sub\nnested\n`, 'working_directory is relative to the path');
+});
+
+test('a debug build records the path and matches a local build at that path byte for byte', async () => {
+  const root = treePath();
+  const source = '#include <stdio.h>\nint answer(void) { printf("%s\\n", __FILE__); return 42; }\n';
+  const args = ['gcc', '-g', '-c', 'src/x.c', '-o', 'out/x.o'];
+  const result = await succeeded(await run(root, { args, inputs: { 'src/x.c': source }, outputPaths: ['out/x.o'] }));
+  const remote = await bytes(result.outputFiles.find((f) => f.path === 'out/x.o')?.digest);
+  assert.ok(remote.includes(Buffer.from(root)), `the object's debug info names ${root}`);
+
+  // The same compiler on the host (the image's gcc is Debian's 12.2.0-14, like the host's).
+  fs.mkdirSync(path.join(root, 'src'), { recursive: true });
+  fs.mkdirSync(path.join(root, 'out'));
+  try {
+    fs.writeFileSync(path.join(root, 'src', 'x.c'), source);
+    execFileSync(args[0], args.slice(1), { cwd: root, env: { PATH: '/usr/bin:/bin' } });
+    const local = fs.readFileSync(path.join(root, 'out', 'x.o'));
+    assert.ok(remote.equals(local), `remote (${remote.length} bytes) and local (${local.length} bytes) objects differ`);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+    try {
+      fs.rmdirSync(path.dirname(root)); // only if empty: someone else may use it
+    } catch {
+      // not empty, or already gone
+    }
+  }
+});
+
+test('actions with different paths alternate, each seeing only its own inputs', async () => {
+  const roots = [treePath(), treePath()];
+  for (let round = 0; round < 2; round++) {
+    for (const [i, root] of roots.entries()) {
+      // Each run also leaves junk behind: the next action at the same path must not see it.
+      const script = 'pwd; ls -A; echo junk > leftover.txt; mkdir -p d && chmod 000 d';
+      const result = await succeeded(await run(root, { args: ['sh', '-c', script], inputs: { [`only-${i}-${round}.txt`]: 'x' } }));
+      assert.equal(await text(result.stdoutDigest), `${root}\nonly-${i}-${round}.txt\n`);
+    }
+  }
+});
+
+test('unusable paths are refused with INVALID_ARGUMENT naming them', async () => {
+  for (const bad of ['', 'relative/tree', '/work/../etc/x', '/usr', '/usr/local/src', '/', '/work/tree/', '/lib64/x', '/tmp/tree']) {
+    const response = await run(bad, { args: ['true'] });
+    assert.equal(response.status?.code, grpc.status.INVALID_ARGUMENT, `${bad}: ${response.status?.message}`);
+    assert.ok(response.status!.message.includes(JSON.stringify(bad)), `${bad}: ${response.status!.message}`);
+  }
+});
+
+test('actions with the same path reuse one warm container', async () => {
+  const root = treePath();
+  const first = await succeeded(await run(root, { args: ['cat', '/etc/hostname'], salt: 'a' }));
+  const second = await succeeded(await run(root, { args: ['cat', '/etc/hostname'], salt: 'b' }));
+  assert.equal(await text(second.stdoutDigest), await text(first.stdoutDigest));
+  assert.equal(containersFor(root).length, 1);
+});
+
+test('actions without the property still run in a per-action directory', async () => {
+  const result = await succeeded(await run(undefined, { args: ['pwd'] }));
+  const cwd = (await text(result.stdoutDigest)).trim();
+  assert.ok(cwd.startsWith(server.dataDir) && cwd.endsWith('/root'), cwd);
+});
