@@ -1,4 +1,4 @@
-// Runs the real `reapi serve` binary as a child process, as a user would.
+// Runs the real `reapi serve` and `reapi worker` binaries as child processes, as a user would.
 import { ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -44,6 +44,60 @@ export async function startServerProcess(opts: { dataDir?: string; args?: string
   return {
     address,
     dataDir,
+    child,
+    stderr: () => err,
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+    async kill() {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+export interface WorkerProcess {
+  /** The name the worker reports in operations and ExecutedActionMetadata.worker. */
+  name: string;
+  workDir: string;
+  child: ChildProcess;
+  stderr(): string;
+  /** SIGTERM (drain), waits for exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL: running actions are abandoned mid-way. */
+  kill(): Promise<void>;
+}
+
+/** Runs `reapi worker` against a server and a Redis; resolves once it prints its ready line. */
+export async function startWorkerProcess(opts: {
+  server: string;
+  redis: string;
+  name: string;
+  workDir?: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}): Promise<WorkerProcess> {
+  const workDir = opts.workDir ?? tempDir('worker');
+  const child = spawn(
+    process.execPath,
+    [REAPI_BIN, 'worker', '--server', `grpc://${opts.server}`, '--redis', opts.redis, '--name', opts.name, '--work-dir', workDir, ...(opts.args ?? [])],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
+  );
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (/taking actions/.test(out)) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`reapi worker exited with ${code} before it was ready:\n${err}`)));
+  });
+  return {
+    name: opts.name,
+    workDir,
     child,
     stderr: () => err,
     async stop() {

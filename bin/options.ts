@@ -1,0 +1,62 @@
+// Option parsing and start-up checks shared by `reapi serve` and `reapi worker`.
+import * as os from 'node:os';
+import { connectRedis } from '../scheduler/redis-connection';
+
+export const DEFAULT_IMAGE = 'reapi-toolchain:bookworm';
+
+/** The options of a Docker worker, the same for the embedded one and `reapi worker`. */
+export const WORKER_OPTIONS = {
+  image: { type: 'string', default: DEFAULT_IMAGE },
+  concurrency: { type: 'string', default: String(os.cpus().length) },
+  strict: { type: 'boolean', default: false },
+  platform: { type: 'string', default: 'OSFamily=Linux' },
+} as const;
+
+export const WORKER_USAGE = `      --image          container image for actions that name none (default ${DEFAULT_IMAGE})
+      --concurrency    actions at once (default: number of CPUs)
+      --strict         a fresh container for every action instead of warm ones
+      --platform       properties this worker offers, name=value,... (default OSFamily=Linux)`;
+
+export const ENVIRONMENT_USAGE = `environment:
+  REAPI_LOG=debug|info|warn|error   log threshold (default warn)
+  REAPI_QUEUE_LOCK_MS=N             with Redis: how long a taken action stays locked to a worker that
+                                    stopped renewing (crashed) before another worker gets it, and how
+                                    often workers look for such actions (default 30000; tests lower it).
+                                    Give every process of a farm the same value: the check is paced
+                                    farm-wide, by whichever process ran it last`;
+
+export function positiveInteger(value: string | undefined, what: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${what} must be a positive integer, not ${JSON.stringify(value)}`);
+  return n;
+}
+
+/** REAPI_QUEUE_LOCK_MS, if set. */
+export function queueLockMsFromEnv(): number | undefined {
+  const text = process.env.REAPI_QUEUE_LOCK_MS;
+  return text ? positiveInteger(text, 'REAPI_QUEUE_LOCK_MS') : undefined;
+}
+
+/** redis://HOST:PORT[/db], checked for shape. */
+export function redisUrl(value: string): string {
+  if (!/^rediss?:\/\/[^/]+(\/\d+)?$/.test(value)) throw new Error(`--redis ${JSON.stringify(value)} is not redis://HOST:PORT[/db]`);
+  return value;
+}
+
+/**
+ * One PING with a short timeout. The queue and the operation store wait forever for Redis (right
+ * for a running farm); at start, a wrong address should be an error, not a silent hang.
+ */
+export async function checkRedis(url: string): Promise<void> {
+  const client = connectRedis(url, 'reapi-start-check', { lazyConnect: true, connectTimeout: 5000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  let cause: Error | undefined; // connect() only says "Connection is closed"; the event says why
+  client.on('error', (err: Error) => (cause ??= err));
+  try {
+    await client.connect();
+    await client.ping();
+  } catch (err) {
+    throw new Error(`Redis at ${url} does not answer: ${(cause ?? (err as Error)).message}`);
+  } finally {
+    client.disconnect();
+  }
+}

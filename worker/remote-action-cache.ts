@@ -1,0 +1,24 @@
+// Where a standalone worker puts its results: the server's ActionCache, through
+// UpdateActionResult. The server checks, as for any client, that every blob the result names is
+// already in the CAS; the worker uploaded them just before.
+import { status } from '@grpc/grpc-js';
+import { rex } from '../apis';
+import { unary } from '../apis/services';
+import { Digest, digestKey } from '../cas/digest';
+import { RpcError } from '../server/rpc-error';
+import { ServerClients } from './server-connection';
+import { ActionResultSink } from './worker';
+
+export class RemoteActionCache implements ActionResultSink {
+  constructor(private readonly server: ServerClients) {}
+
+  async store(instanceName: string, actionDigest: Digest, result: rex.ActionResult): Promise<void> {
+    try {
+      await unary(this.server.ac, 'UpdateActionResult', { instanceName, actionDigest, actionResult: result });
+    } catch (err) {
+      const e = err as Partial<{ code: number; details: string; message: string }>;
+      // FAILED_PRECONDITION here usually means the server runs with --no-ac-updates.
+      throw new RpcError(e.code ?? status.INTERNAL, `UpdateActionResult of action ${digestKey(actionDigest)} on ${this.server.address}: ${e.details ?? e.message}`);
+    }
+  }
+}

@@ -1,0 +1,137 @@
+// A worker in its own process (`reapi worker`): takes actions from the farm's Redis queue, reaches
+// the CAS and the ActionCache of a reapi server over gRPC, and runs actions in Docker containers
+// with the same pipeline as the embedded worker.
+import * as grpc from '@grpc/grpc-js';
+import * as path from 'node:path';
+import { promises as fs } from 'node:fs';
+import { BullMqActionQueue } from '../scheduler/bullmq-action-queue';
+import { RedisOperationStore } from '../scheduler/redis-operation-store';
+import { parseProperties } from '../scheduler/platform';
+import { unary } from '../apis/services';
+import { FileCache } from './file-cache';
+import { DockerImageResolver } from './image-resolver';
+import { RemoteActionCache } from './remote-action-cache';
+import { RemoteContentAccess } from './remote-content-access';
+import { createDockerSandbox } from './sandbox/sandbox';
+import { ServerClients, connectToServer } from './server-connection';
+import { Worker } from './worker';
+
+/** The user actions run as; matches the embedded worker so results do not depend on where they ran. */
+export const ACTION_UID = 1000;
+export const ACTION_GID = 1000;
+
+const SERVER_CHECK_MS = 10_000;
+
+export interface StandaloneWorkerOptions {
+  /** grpc://HOST:PORT of a reapi server of the farm. */
+  server: string;
+  /** redis://HOST:PORT[/db] shared by the farm's servers and workers. */
+  redis: string;
+  /** Shows up in operations and ExecutedActionMetadata.worker. */
+  name: string;
+  /** Directory for the worker's file cache and action directories. */
+  workDir: string;
+  defaultImage: string;
+  concurrency: number;
+  strict: boolean;
+  /** name=value,... */
+  platform: string;
+  /** Lease lifetime without renewal; also how often dead workers' jobs are looked for. */
+  queueLockMs?: number;
+}
+
+export interface StandaloneWorker {
+  /** Takes nothing new, finishes the running actions, then lets go of every connection. */
+  drain(): Promise<void>;
+}
+
+export async function startStandaloneWorker(opts: StandaloneWorkerOptions): Promise<StandaloneWorker> {
+  const platform = parseProperties(opts.platform);
+  const server = connectToServer(opts.server);
+  await checkServer(server, opts.server);
+  const access = new RemoteContentAccess(server);
+
+  const actionsDir = path.join(opts.workDir, 'actions');
+  const cacheDir = path.join(opts.workDir, 'cache');
+  // Traversable but not listable: an action cannot discover its neighbours' (random) directories.
+  await fs.mkdir(actionsDir, { recursive: true, mode: 0o711 });
+  await fs.chmod(actionsDir, 0o711);
+  await fs.mkdir(cacheDir, { recursive: true });
+  await claimWorkDir(opts.workDir);
+  // The sandbox first: it removes containers a killed predecessor with this work dir left
+  // running, which may still be writing into their action directories.
+  const sandbox = await createDockerSandbox({ execRoot: actionsDir, strict: opts.strict, maxContainersPerImage: opts.concurrency, user: `${ACTION_UID}:${ACTION_GID}` });
+  await emptyDirectory(actionsDir); // leftovers of a killed run; the directory itself stays (it may be mounted)
+
+  const queue = new BullMqActionQueue({ url: opts.redis, lockDurationMs: opts.queueLockMs, stalledIntervalMs: opts.queueLockMs });
+  const operations = new RedisOperationStore({ url: opts.redis });
+  const worker = new Worker({
+    pipeline: {
+      workerName: opts.name,
+      access,
+      cache: new FileCache(cacheDir, access),
+      sandbox,
+      actionsDir,
+      defaultImage: opts.defaultImage,
+      uid: ACTION_UID,
+      gid: ACTION_GID,
+      defaultTimeoutMs: 15 * 60_000,
+      maxTimeoutMs: 3 * 60 * 60_000,
+      images: new DockerImageResolver(),
+    },
+    platform,
+    concurrency: opts.concurrency,
+    queue,
+    operations,
+    results: new RemoteActionCache(server),
+  });
+  worker.start();
+  return {
+    async drain() {
+      await worker.drain();
+      await Promise.allSettled([sandbox.close(), queue.close(), operations.close()]);
+      server.close();
+      await fs.rm(path.join(opts.workDir, 'worker.pid'), { force: true });
+    },
+  };
+}
+
+/** Fails at start, naming the address, rather than failing every action later. */
+async function checkServer(server: ServerClients, url: string): Promise<void> {
+  try {
+    // waitForReady: a server still starting up (same deployment) gets a few seconds.
+    const metadata = new grpc.Metadata();
+    metadata.setOptions({ waitForReady: true });
+    await unary(server.caps, 'GetCapabilities', {}, metadata, { deadline: Date.now() + SERVER_CHECK_MS });
+  } catch (err) {
+    server.close();
+    throw new Error(`reapi server ${url} does not answer: ${(err as grpc.ServiceError).details ?? (err as Error).message}`);
+  }
+}
+
+/**
+ * Two live workers on one work dir would remove each other's containers and action directories
+ * (the sandbox's container pool is named after the directory): refuse to start the second. A pid
+ * file left by a dead worker is taken over.
+ */
+async function claimWorkDir(workDir: string): Promise<void> {
+  const pidFile = path.join(workDir, 'worker.pid');
+  const previous = Number((await fs.readFile(pidFile, 'utf8').catch(() => '')).trim());
+  if (Number.isInteger(previous) && previous > 0 && previous !== process.pid && isAlive(previous)) {
+    throw new Error(`work dir ${workDir} is in use by the worker with pid ${previous}; give each worker its own --work-dir`);
+  }
+  await fs.writeFile(pidFile, `${process.pid}\n`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function emptyDirectory(dir: string): Promise<void> {
+  for (const name of await fs.readdir(dir)) await fs.rm(path.join(dir, name), { recursive: true, force: true });
+}
