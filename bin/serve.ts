@@ -9,7 +9,8 @@ import { MemoryActionQueue } from '../scheduler/memory-action-queue';
 import { MemoryOperationStore } from '../scheduler/memory-operation-store';
 import { OperationStore } from '../scheduler/operation-store';
 import { RedisOperationStore } from '../scheduler/redis-operation-store';
-import { EmbeddedWorker, startEmbeddedWorker } from '../server/embedded-worker';
+import { startEmbeddedWorker } from '../server/embedded-worker';
+import { DockerWorker } from '../worker/docker-worker';
 import { startServer } from '../server/reapi-server';
 import { log } from '../server/log';
 import { dockerAvailable } from '../worker/docker-available';
@@ -70,7 +71,7 @@ export async function serve(argv: string[]): Promise<void> {
     scheduler,
     resolveImage: images && ((name) => images.resolve(name)),
   });
-  let worker: EmbeddedWorker | undefined;
+  let worker: DockerWorker | undefined;
   if (scheduler && images) {
     worker = await startEmbeddedWorker({
       storage,

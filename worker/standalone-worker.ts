@@ -6,19 +6,12 @@ import * as path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { BullMqActionQueue } from '../scheduler/bullmq-action-queue';
 import { RedisOperationStore } from '../scheduler/redis-operation-store';
-import { parseProperties } from '../scheduler/platform';
 import { unary } from '../apis/services';
-import { FileCache } from './file-cache';
+import { startDockerWorker } from './docker-worker';
 import { DockerImageResolver } from './image-resolver';
 import { RemoteActionCache } from './remote-action-cache';
 import { RemoteContentAccess } from './remote-content-access';
-import { createDockerSandbox } from './sandbox/sandbox';
 import { ServerClients, connectToServer } from './server-connection';
-import { Worker } from './worker';
-
-/** The user actions run as; matches the embedded worker so results do not depend on where they ran. */
-export const ACTION_UID = 1000;
-export const ACTION_GID = 1000;
 
 const SERVER_CHECK_MS = 10_000;
 
@@ -46,50 +39,26 @@ export interface StandaloneWorker {
 }
 
 export async function startStandaloneWorker(opts: StandaloneWorkerOptions): Promise<StandaloneWorker> {
-  const platform = parseProperties(opts.platform);
   const server = connectToServer(opts.server);
   await checkServer(server, opts.server);
   const access = new RemoteContentAccess(server);
 
-  const actionsDir = path.join(opts.workDir, 'actions');
-  const cacheDir = path.join(opts.workDir, 'cache');
-  // Traversable but not listable: an action cannot discover its neighbours' (random) directories.
-  await fs.mkdir(actionsDir, { recursive: true, mode: 0o711 });
-  await fs.chmod(actionsDir, 0o711);
-  await fs.mkdir(cacheDir, { recursive: true });
+  await fs.mkdir(opts.workDir, { recursive: true });
   await claimWorkDir(opts.workDir);
-  // The sandbox first: it removes containers a killed predecessor with this work dir left
-  // running, which may still be writing into their action directories.
-  const sandbox = await createDockerSandbox({ execRoot: actionsDir, strict: opts.strict, maxContainersPerImage: opts.concurrency, user: `${ACTION_UID}:${ACTION_GID}` });
-  await emptyDirectory(actionsDir); // leftovers of a killed run; the directory itself stays (it may be mounted)
-
   const queue = new BullMqActionQueue({ url: opts.redis, lockDurationMs: opts.queueLockMs, stalledIntervalMs: opts.queueLockMs });
   const operations = new RedisOperationStore({ url: opts.redis });
-  const worker = new Worker({
-    pipeline: {
-      workerName: opts.name,
-      access,
-      cache: new FileCache(cacheDir, access),
-      sandbox,
-      actionsDir,
-      defaultImage: opts.defaultImage,
-      uid: ACTION_UID,
-      gid: ACTION_GID,
-      defaultTimeoutMs: 15 * 60_000,
-      maxTimeoutMs: 3 * 60 * 60_000,
-      images: new DockerImageResolver(),
-    },
-    platform,
-    concurrency: opts.concurrency,
+  const worker = await startDockerWorker({
+    ...opts,
+    access,
+    results: new RemoteActionCache(server),
     queue,
     operations,
-    results: new RemoteActionCache(server),
+    images: new DockerImageResolver(),
   });
-  worker.start();
   return {
     async drain() {
       await worker.drain();
-      await Promise.allSettled([sandbox.close(), queue.close(), operations.close()]);
+      await Promise.allSettled([queue.close(), operations.close()]);
       server.close();
       await fs.rm(path.join(opts.workDir, 'worker.pid'), { force: true });
     },
@@ -130,8 +99,4 @@ function isAlive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
-}
-
-async function emptyDirectory(dir: string): Promise<void> {
-  for (const name of await fs.readdir(dir)) await fs.rm(path.join(dir, name), { recursive: true, force: true });
 }

@@ -1,0 +1,87 @@
+// Assembles a Worker that runs actions in Docker: its directories, its sandbox and its pipeline.
+// The embedded worker (inside `reapi serve`) and the standalone one (`reapi worker`) differ only
+// in how they reach the CAS, where results go, and which queue they serve.
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { ActionQueue } from '../scheduler/action-queue';
+import { OperationStore } from '../scheduler/operation-store';
+import { parseProperties } from '../scheduler/platform';
+import { ContentAccess } from './content-access';
+import { FileCache } from './file-cache';
+import { ImageResolver } from './image-resolver';
+import { createDockerSandbox } from './sandbox/sandbox';
+import { ActionResultSink, Worker } from './worker';
+
+/** The user actions run as, on every worker, so results never depend on where they ran. */
+export const ACTION_UID = 1000;
+export const ACTION_GID = 1000;
+
+export interface DockerWorkerOptions {
+  /** Shows up in operations and ExecutedActionMetadata.worker. */
+  name: string;
+  /** The worker's file cache and action directories (one filesystem: inputs are hardlinked). */
+  workDir: string;
+  access: ContentAccess;
+  results: ActionResultSink;
+  queue: ActionQueue;
+  operations: OperationStore;
+  images: ImageResolver;
+  defaultImage: string;
+  concurrency: number;
+  /** A fresh container per action instead of warm ones. */
+  strict: boolean;
+  /** Properties this worker offers: name=value,... */
+  platform: string;
+}
+
+export interface DockerWorker {
+  /** Takes nothing new, finishes the running actions, removes the containers. */
+  drain(): Promise<void>;
+}
+
+export async function startDockerWorker(opts: DockerWorkerOptions): Promise<DockerWorker> {
+  const platform = parseProperties(opts.platform);
+  const actionsDir = path.join(opts.workDir, 'actions');
+  const cacheDir = path.join(opts.workDir, 'cache');
+  // Traversable but not listable: an action cannot discover its neighbours' (random) directories.
+  await fs.mkdir(actionsDir, { recursive: true, mode: 0o711 });
+  await fs.chmod(actionsDir, 0o711);
+  await fs.mkdir(cacheDir, { recursive: true });
+  // The sandbox first: it removes containers a killed predecessor left running, which may still
+  // be writing into their action directories; then those directories can go.
+  const sandbox = await createDockerSandbox({
+    execRoot: actionsDir,
+    strict: opts.strict,
+    maxContainersPerImage: opts.concurrency,
+    user: `${ACTION_UID}:${ACTION_GID}`,
+  });
+  for (const name of await fs.readdir(actionsDir)) await fs.rm(path.join(actionsDir, name), { recursive: true, force: true });
+
+  const worker = new Worker({
+    pipeline: {
+      workerName: opts.name,
+      access: opts.access,
+      cache: new FileCache(cacheDir, opts.access),
+      sandbox,
+      actionsDir,
+      defaultImage: opts.defaultImage,
+      uid: ACTION_UID,
+      gid: ACTION_GID,
+      defaultTimeoutMs: 15 * 60_000,
+      maxTimeoutMs: 3 * 60 * 60_000,
+      images: opts.images,
+    },
+    platform,
+    concurrency: opts.concurrency,
+    queue: opts.queue,
+    operations: opts.operations,
+    results: opts.results,
+  });
+  worker.start();
+  return {
+    async drain() {
+      await worker.drain();
+      await sandbox.close();
+    },
+  };
+}
