@@ -32,8 +32,10 @@ test: build toolchain-image
 run: build toolchain-image
 	@node dist/bin/reapi.js serve --listen $(LISTEN) --data $(DATA)
 
+BENCHES := proto-codec storage sandbox-overhead execution scheduler-throughput
+
 bench: build toolchain-image
-	@for b in dist/bench/*.js; do node $$b || exit 1; done
+	@for b in $(BENCHES); do node dist/bench/$$b.js || exit 1; done
 
 clean:
 	rm -rf dist apis/generated
