@@ -42,9 +42,10 @@ export class CapabilitiesService {
             supportedNodeProperties: [],
           }
         : { digestFunction: SHA256, digestFunctions: [SHA256], execEnabled: false },
-      // 2.0 through 2.2: compressed blobs (2.2) are served; output_paths (2.1) once execution lands.
+      // 2.1 output_paths and node properties, 2.2 compressed blobs, 2.3 digest_function on
+      // requests and in resource names (SHA-256 being the one function offered).
       lowApiVersion: { major: 2, minor: 0 },
-      highApiVersion: { major: 2, minor: 2 },
+      highApiVersion: { major: 2, minor: 3 },
     };
   }
 }
