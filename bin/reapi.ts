@@ -1,14 +1,18 @@
 #!/usr/bin/env node
 // The reapi command: `reapi serve` runs a server (by default with a Docker worker inside),
-// `reapi worker` a standalone worker of a farm that shares one Redis.
+// `reapi worker` a standalone worker of a farm that shares one Redis, `reapi token` makes and
+// hashes tokens for `reapi serve --tokens`.
 import { ENVIRONMENT_USAGE } from './options';
 import { SERVE_USAGE, serve } from './serve';
 import { WORKER_COMMAND_USAGE, worker } from './worker';
+import { TOKEN_USAGE, token } from './token';
 
 const USAGE = `usage:
 ${SERVE_USAGE}
 
 ${WORKER_COMMAND_USAGE}
+
+${TOKEN_USAGE}
 
 ${ENVIRONMENT_USAGE}`;
 
@@ -19,6 +23,8 @@ async function main(): Promise<void> {
       return serve(rest);
     case 'worker':
       return worker(rest);
+    case 'token':
+      return token(rest);
     case undefined:
     case 'help':
     case '--help':

@@ -2,7 +2,7 @@
 // several servers and workers) and, by default, a Docker worker in the same process.
 import { parseArgs } from 'node:util';
 import * as path from 'node:path';
-import { FileStorage } from '../cas/file-storage';
+import { openStorageFromFlags } from '../server/storage-config';
 import { ActionQueue } from '../scheduler/action-queue';
 import { BullMqActionQueue } from '../scheduler/bullmq-action-queue';
 import { MemoryActionQueue } from '../scheduler/memory-action-queue';
@@ -12,19 +12,40 @@ import { RedisOperationStore } from '../scheduler/redis-operation-store';
 import { startEmbeddedWorker } from '../server/embedded-worker';
 import { DockerWorker } from '../worker/docker-worker';
 import { startServer } from '../server/reapi-server';
+import { AccessControl } from '../server/auth';
+import { TOKENS_FILE_FORMAT, loadTokensFile } from '../server/auth-tokens';
 import { log } from '../server/log';
 import { dockerAvailable } from '../worker/docker-available';
 import { DockerImageResolver } from '../worker/image-resolver';
 import { WORKER_OPTIONS, WORKER_USAGE, checkRedis, positiveInteger, queueLockMsFromEnv, redisUrl } from './options';
 
-export const SERVE_USAGE = `  reapi serve [--listen HOST:PORT] [--data DIR] [--redis URL] [--no-ac-updates] [--worker auto|on|off] [worker options]
+export const SERVE_USAGE = `  reapi serve [--listen HOST:PORT] [--data DIR] [--storage SPEC | --storage-config FILE] [--redis URL] [--no-ac-updates] [--worker auto|on|off]
+              [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--tokens FILE] [worker options]
       --listen         address to serve gRPC on (default 127.0.0.1:8980; port 0 picks a free port)
       --data           data directory for blobs, action results and the worker (default ./.data);
-                       servers sharing one --redis must share this directory too
+                       servers sharing one --redis must share this directory too, or one S3 --storage
+      --storage        where blobs and action results live (docs/storage.md):
+                         file:DIR   files under DIR (default: file:<--data>)
+                         s3://ACCESS:SECRET@HOST:PORT/BUCKET/PREFIX[?tier=DIR&tierBytes=N&secure=false]
+                                    an S3 bucket shared by a farm's servers; tier: a local disk copy of
+                                    at most N bytes (e.g. 20G) in front of it; secure=false: plain http;
+                                    without ACCESS:SECRET@, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+      --storage-config JSON file instead of --storage: {"type":"s3","endpoint":"HOST:PORT","bucket",
+                       "prefix","accessKey","secretKey","useSSL","tier":{"dir","maxBytes"}}
       --redis          redis://HOST:PORT[/db]: queue and operations live in Redis, shared with other
                        servers and with \`reapi worker\` processes (default: in this process only)
-      --no-ac-updates  refuse UpdateActionResult: only results this farm computed are cached
-                       (standalone workers store results with UpdateActionResult: not with this yet)
+      --no-ac-updates  refuse UpdateActionResult from clients: only results this farm computed are
+                       cached (standalone workers store theirs with a token of role "worker", see --tokens)
+      --tls-cert, --tls-key
+                       PEM certificate chain and private key: serve gRPC over TLS (clients use grpcs://)
+      --tls-client-ca  PEM CA certificate(s): mutual TLS, clients must present a certificate signed by it
+      --tokens         JSON file of the tokens that may call, each sending "authorization: Bearer <token>";
+                       without it every caller may do everything. The file holds hashes, not tokens:
+                         ${TOKENS_FILE_FORMAT}
+                       token: "sha256:<hex>" of the token (reapi token hash); instances: exact names,
+                       "" the default instance, "*" all; updateActionCache: may call UpdateActionResult;
+                       execute: may Execute and cancel/delete operations; role "worker" (farm workers):
+                       may store results on its instances, even with --no-ac-updates. docs/security.md
       --worker         run actions in a local Docker worker: auto (if Docker answers), on, off;
                        with --redis and off, the server only schedules
     worker options:
@@ -38,8 +59,14 @@ export async function serve(argv: string[]): Promise<void> {
     options: {
       listen: { type: 'string', default: '127.0.0.1:8980' },
       data: { type: 'string', default: '.data' },
+      storage: { type: 'string' },
+      'storage-config': { type: 'string' },
       redis: { type: 'string' },
       'no-ac-updates': { type: 'boolean', default: false },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-client-ca': { type: 'string' },
+      tokens: { type: 'string' },
       worker: { type: 'string', default: 'auto' },
       ...WORKER_OPTIONS,
     },
@@ -58,16 +85,23 @@ export async function serve(argv: string[]): Promise<void> {
     );
   }
   if (redis) await checkRedis(redis);
+  const tls = tlsFiles(values['tls-cert'], values['tls-key'], values['tls-client-ca']);
+  const access = values.tokens === undefined ? AccessControl.open() : AccessControl.withTokens(loadTokensFile(values.tokens));
+  if (access.requiresTokens && !tls) {
+    process.stderr.write('reapi: --tokens without --tls-cert: tokens travel in plain text; use this only on a network you trust\n');
+  }
 
   const listen = values.listen;
   const host = listen.slice(0, listen.lastIndexOf(':'));
-  const storage = await FileStorage.open(values.data);
+  const { storage, description: storageDescription } = await openStorageFromFlags({ storage: values.storage, storageConfig: values['storage-config'], data: values.data });
   const scheduler = redis ? redisScheduler(redis) : withWorker ? memoryScheduler() : undefined;
   // Image IDs are looked up in this host's Docker, which only means something when actions run here.
   const images = withWorker ? new DockerImageResolver() : undefined;
   const running = await startServer(listen, {
     storage,
     allowActionCacheUpdates: !values['no-ac-updates'],
+    access,
+    tls,
     scheduler,
     resolveImage: images && ((name) => images.resolve(name)),
   });
@@ -77,7 +111,7 @@ export async function serve(argv: string[]): Promise<void> {
       storage,
       actionCache: running.actionCache,
       ...scheduler,
-      workDir: path.join(storage.root, 'worker'),
+      workDir: path.join(path.resolve(values.data), 'worker'),
       defaultImage: values.image,
       concurrency,
       strict: values.strict,
@@ -87,7 +121,8 @@ export async function serve(argv: string[]): Promise<void> {
   }
   const execution = worker ? `, executing in ${values.image} x${concurrency}` : '';
   const queue = redis ? `, queue on ${redis}` : '';
-  process.stdout.write(`reapi: listening on ${host}:${running.port} (data ${storage.root}${queue}${execution})\n`);
+  const trust = `${tls ? (tls.clientCa ? ', mutual TLS' : ', TLS') : ''}${access.requiresTokens ? ', tokens required' : ''}`;
+  process.stdout.write(`reapi: listening on ${host}:${running.port} (${storageDescription}${queue}${execution}${trust})\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -111,4 +146,13 @@ function redisScheduler(url: string): Scheduler {
     operations: new RedisOperationStore({ url }),
     queue: new BullMqActionQueue({ url, lockDurationMs: lockMs, stalledIntervalMs: lockMs }),
   };
+}
+
+function tlsFiles(cert: string | undefined, key: string | undefined, clientCa: string | undefined) {
+  if ((cert === undefined) !== (key === undefined)) throw new Error('--tls-cert and --tls-key go together');
+  if (cert === undefined || key === undefined) {
+    if (clientCa !== undefined) throw new Error('--tls-client-ca needs --tls-cert and --tls-key');
+    return undefined;
+  }
+  return { cert, key, clientCa };
 }

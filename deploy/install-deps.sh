@@ -8,9 +8,11 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOG="${TMPDIR:-/tmp}/reapi-install-deps.log"
 : >"$LOG"
 
+# openssl: the TLS tests make their certificates with it. libnetty-tcnative-jni: Debian's Bazel has
+# no ALPN in its Netty, so its gRPC TLS (grpcs://) works only through netty-tcnative (OpenSSL).
 PACKAGES=(
   docker.io redis-server bazel-bootstrap debootstrap ccache distcc linux-source-6.1 zstd
-  make gcc g++ libc6-dev ca-certificates
+  make gcc g++ libc6-dev ca-certificates openssl libnetty-tcnative-jni
 )
 
 run() { # run CMD... quietly; on failure show the log tail and exit

@@ -36,7 +36,7 @@ export function unary<Req, Res>(
   fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
 ): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
-    fn(call.request, call).then(
+    settle(() => fn(call.request, call)).then(
       (res) => callback(null, res),
       (err) => callback(toServiceError(err, method)),
     );
@@ -65,13 +65,14 @@ export function clientStream<Req, Res>(
   fn: (requests: AsyncIterable<Req>, call: grpc.ServerReadableStream<Req, Res>) => Promise<Res>,
 ): grpc.handleClientStreamingCall<Req, Res> {
   return (call, callback) => {
-    fn(call as unknown as AsyncIterable<Req>, call).then(
+    settle(() => fn(call as unknown as AsyncIterable<Req>, call)).then(
       (res) => callback(null, res),
       (err) => callback(toServiceError(err, method)),
     );
   };
 }
 
-export function notImplemented<Req, Res>(method: string, why: string): grpc.handleUnaryCall<Req, Res> {
-  return (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: `${method}: ${why}` });
+/** Runs fn; a synchronous throw becomes a rejection, so it reaches the client as a status too. */
+function settle<T>(fn: () => Promise<T>): Promise<T> {
+  return new Promise<T>((resolve) => resolve(fn()));
 }

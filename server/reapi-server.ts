@@ -21,7 +21,11 @@ import { CasService } from '../cas/cas-service';
 import { MAX_GRPC_MESSAGE_BYTES } from '../cas/limits';
 import { UploadSessions } from '../cas/upload-sessions';
 import { CapabilitiesService } from './capabilities-service';
-import { clientStream, notImplemented, serverStream, unary } from './grpc-adapter';
+import { parseReadResource, parseWriteResource } from '../cas/resource-name';
+import { AccessControl, CallIdentity, Caller, Need } from './auth';
+import { clientStream, serverStream, unary } from './grpc-adapter';
+import { unimplemented } from './rpc-error';
+import { ServerTlsFiles, serverCredentials } from './tls';
 
 export interface ServerOptions {
   storage: Storage;
@@ -30,6 +34,10 @@ export interface ServerOptions {
   resolveImage?: (name: string) => Promise<string | undefined>;
   /** Offer remote execution: where operations live and the queue workers take actions from. */
   scheduler?: { operations: OperationStore; queue: ActionQueue };
+  /** Who may call what; open to every caller when absent. */
+  access?: AccessControl;
+  /** Serve over TLS (mutual TLS with a client CA); plain-text gRPC when absent. */
+  tls?: ServerTlsFiles;
 }
 
 export interface RunningServer {
@@ -43,45 +51,101 @@ export interface RunningServer {
 export async function startServer(listen: string, options: ServerOptions): Promise<RunningServer> {
   const { storage } = options;
   const allowActionCacheUpdates = options.allowActionCacheUpdates ?? true;
+  const access = options.access ?? AccessControl.open();
+  const credentials = serverCredentials(options.tls);
   const uploads = new UploadSessions(storage);
   await uploads.collectAbandoned();
   const cas = new CasService(storage);
   const actionCache = new ActionCacheService(storage, { allowClientUpdates: allowActionCacheUpdates, resolveImage: options.resolveImage });
+  // Farm workers store the results of actions the farm ran: accepted even when clients may not
+  // write the ActionCache, which is what makes --no-ac-updates work with standalone workers.
+  const workerResults = new ActionCacheService(storage, { allowClientUpdates: true, resolveImage: options.resolveImage });
   const bytestream = new ByteStreamService(storage, uploads);
   const capabilities = new CapabilitiesService({
     allowActionCacheUpdates,
     execution: options.scheduler ? { minPriority: MIN_PRIORITY, maxPriority: MAX_PRIORITY } : undefined,
   });
+  const mayUpdateActionCache = (caller: Caller, instance: string) =>
+    caller.may(instance, 'updateActionCache') && (caller.role === 'worker' || allowActionCacheUpdates);
+
+  /** Authenticates, then authorizes on the instance a ByteStream resource name names. */
+  const checkResource = (call: CallIdentity, method: string, resourceName: string, parse: (name: string) => { instanceName: string }) => {
+    const caller = access.authenticate(call, method);
+    access.authorize(caller, call, method, parse(resourceName).instanceName, 'use');
+  };
 
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_GRPC_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_GRPC_MESSAGE_BYTES,
   });
   addService(server, CapsDef, {
-    GetCapabilities: unary('GetCapabilities', async (req) => capabilities.getCapabilities(req)),
+    GetCapabilities: unary('GetCapabilities', async (req, call) => {
+      const caller = access.check(call, 'GetCapabilities', req.instanceName, 'use');
+      const caps = capabilities.getCapabilities(req);
+      // Per caller: Bazel then knows up front whether uploading its local results can work.
+      caps.cacheCapabilities = { ...caps.cacheCapabilities, actionCacheUpdateCapabilities: { updateEnabled: mayUpdateActionCache(caller, req.instanceName) } };
+      return caps;
+    }),
   });
   addService(server, CasDef, {
-    FindMissingBlobs: unary('FindMissingBlobs', (req) => cas.findMissingBlobs(req)),
-    BatchUpdateBlobs: unary('BatchUpdateBlobs', (req) => cas.batchUpdateBlobs(req)),
-    BatchReadBlobs: unary('BatchReadBlobs', (req) => cas.batchReadBlobs(req)),
-    GetTree: serverStream('GetTree', (req) => treePages(cas, req)),
-    SplitBlob: notImplemented('SplitBlob', 'blob splitting is not offered (see Capabilities)'),
-    SpliceBlob: notImplemented('SpliceBlob', 'blob splicing is not offered (see Capabilities)'),
+    FindMissingBlobs: unary('FindMissingBlobs', async (req, call) => {
+      access.check(call, 'FindMissingBlobs', req.instanceName, 'use');
+      return cas.findMissingBlobs(req);
+    }),
+    BatchUpdateBlobs: unary('BatchUpdateBlobs', async (req, call) => {
+      access.check(call, 'BatchUpdateBlobs', req.instanceName, 'use');
+      return cas.batchUpdateBlobs(req);
+    }),
+    BatchReadBlobs: unary('BatchReadBlobs', async (req, call) => {
+      access.check(call, 'BatchReadBlobs', req.instanceName, 'use');
+      return cas.batchReadBlobs(req);
+    }),
+    GetTree: serverStream('GetTree', async function* (req, call) {
+      access.check(call, 'GetTree', req.instanceName, 'use');
+      yield* treePages(cas, req);
+    }),
+    SplitBlob: unary('SplitBlob', async (req, call) => {
+      access.check(call, 'SplitBlob', req.instanceName, 'use');
+      throw unimplemented('SplitBlob: blob splitting is not offered (see Capabilities)');
+    }),
+    SpliceBlob: unary('SpliceBlob', async (req, call) => {
+      access.check(call, 'SpliceBlob', req.instanceName, 'use');
+      throw unimplemented('SpliceBlob: blob splicing is not offered (see Capabilities)');
+    }),
   });
   addService(server, AcDef, {
-    GetActionResult: unary('GetActionResult', (req) => actionCache.getActionResult(req)),
-    UpdateActionResult: unary('UpdateActionResult', (req) => actionCache.updateActionResult(req)),
+    GetActionResult: unary('GetActionResult', async (req, call) => {
+      access.check(call, 'GetActionResult', req.instanceName, 'use');
+      return actionCache.getActionResult(req);
+    }),
+    UpdateActionResult: unary('UpdateActionResult', async (req, call) => {
+      const caller = access.check(call, 'UpdateActionResult', req.instanceName, 'updateActionCache');
+      return (caller.role === 'worker' ? workerResults : actionCache).updateActionResult(req);
+    }),
   });
   addService(server, BsDef, {
-    Read: serverStream('Read', (req) => readChunks(bytestream, req)),
-    Write: clientStream('Write', (requests) => bytestream.write(requests)),
-    QueryWriteStatus: unary('QueryWriteStatus', (req) => bytestream.queryWriteStatus(req)),
+    Read: serverStream('Read', async function* (req, call) {
+      checkResource(call, 'Read', req.resourceName, parseReadResource);
+      yield* readChunks(bytestream, req);
+    }),
+    Write: clientStream('Write', async (requests, call) => {
+      // Authenticated before a byte is read; authorized on the first message, which names the resource.
+      const caller = access.authenticate(call, 'Write');
+      const checked = checkFirst(requests, (first) =>
+        access.authorize(caller, call, 'Write', parseWriteResource(first.resourceName).instanceName, 'use'),
+      );
+      return bytestream.write(checked);
+    }),
+    QueryWriteStatus: unary('QueryWriteStatus', async (req, call) => {
+      checkResource(call, 'QueryWriteStatus', req.resourceName, parseWriteResource);
+      return bytestream.queryWriteStatus(req);
+    }),
   });
 
-  if (options.scheduler) addExecution(server, storage, actionCache, options.scheduler);
+  if (options.scheduler) addExecution(server, storage, actionCache, options.scheduler, access);
 
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(listen, credentials, (err, p) => (err ? reject(err) : resolve(p))),
   );
   return {
     server,
@@ -99,29 +163,72 @@ export async function startServer(listen: string, options: ServerOptions): Promi
   };
 }
 
-function addExecution(server: grpc.Server, storage: Storage, actionCache: ActionCacheService, scheduler: NonNullable<ServerOptions['scheduler']>): void {
+function addExecution(
+  server: grpc.Server,
+  storage: Storage,
+  actionCache: ActionCacheService,
+  scheduler: NonNullable<ServerOptions['scheduler']>,
+  access: AccessControl,
+): void {
   const execution = new ExecutionService(storage, actionCache, scheduler.operations, scheduler.queue);
   const operations = new OperationsService(scheduler.operations, scheduler.queue);
+  /**
+   * An operation belongs to the instance it was created for: only callers who may use that
+   * instance see it, and only those who may execute there cancel or delete it. Unknown names are
+   * left to the services, which answer NOT_FOUND.
+   */
+  const checkOperation = async (call: CallIdentity, method: string, name: string, need: Need) => {
+    const caller = access.authenticate(call, method);
+    const record = await scheduler.operations.get(name);
+    if (record) access.authorize(caller, call, method, record.instanceName, need);
+  };
   addService(server, ExecDef, {
-    Execute: serverStream('Execute', (req, call) => operationStream(call, (signal) => execution.execute(req, signal))),
-    WaitExecution: serverStream('WaitExecution', (req, call) => operationStream(call, (signal) => execution.waitExecution(req, signal))),
+    Execute: serverStream('Execute', async function* (req, call) {
+      access.check(call, 'Execute', req.instanceName, 'execute');
+      yield* operationStream(call, (signal) => execution.execute(req, signal));
+    }),
+    WaitExecution: serverStream('WaitExecution', async function* (req, call) {
+      await checkOperation(call, 'WaitExecution', req.name, 'use');
+      yield* operationStream(call, (signal) => execution.waitExecution(req, signal));
+    }),
   });
   addService(server, OpsDef, {
-    GetOperation: unary('GetOperation', async (req) => toOperation(await operations.get(req.name))),
-    ListOperations: unary('ListOperations', async (req) => {
-      const page = await operations.list(req);
-      return { operations: page.records.map(toOperation), nextPageToken: page.nextPageToken };
+    GetOperation: unary('GetOperation', async (req, call) => {
+      await checkOperation(call, 'GetOperation', req.name, 'use');
+      return toOperation(await operations.get(req.name));
     }),
-    CancelOperation: unary('CancelOperation', async (req) => {
+    ListOperations: unary('ListOperations', async (req, call) => {
+      const caller = access.authenticate(call, 'ListOperations');
+      const page = await operations.list(req);
+      // Operations of instances the caller may not use are left out (a page may come back short).
+      const visible = page.records.filter((r) => caller.may(r.instanceName, 'use'));
+      return { operations: visible.map(toOperation), nextPageToken: page.nextPageToken };
+    }),
+    CancelOperation: unary('CancelOperation', async (req, call) => {
+      await checkOperation(call, 'CancelOperation', req.name, 'execute');
       await operations.cancel(req.name);
       return {};
     }),
-    DeleteOperation: unary('DeleteOperation', async (req) => {
+    DeleteOperation: unary('DeleteOperation', async (req, call) => {
+      await checkOperation(call, 'DeleteOperation', req.name, 'execute');
       await operations.delete(req.name);
       return {};
     }),
-    WaitOperation: unary('WaitOperation', async (req) => toOperation(await operations.wait(req))),
+    WaitOperation: unary('WaitOperation', async (req, call) => {
+      await checkOperation(call, 'WaitOperation', req.name, 'use');
+      return toOperation(await operations.wait(req));
+    }),
   });
+}
+
+/** Passes requests through, calling `check` on the first before it goes any further. */
+async function* checkFirst<T>(requests: AsyncIterable<T>, check: (first: T) => void): AsyncGenerator<T> {
+  let first = true;
+  for await (const request of requests) {
+    if (first) check(request);
+    first = false;
+    yield request;
+  }
 }
 
 /** Streams operation states as Operations until done; stops watching when the client leaves. */

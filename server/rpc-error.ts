@@ -18,6 +18,8 @@ export const invalidArgument = (message: string) => new RpcError(status.INVALID_
 export const notFound = (message: string) => new RpcError(status.NOT_FOUND, message);
 export const resourceExhausted = (message: string) => new RpcError(status.RESOURCE_EXHAUSTED, message);
 export const unimplemented = (message: string) => new RpcError(status.UNIMPLEMENTED, message);
+export const unauthenticated = (message: string) => new RpcError(status.UNAUTHENTICATED, message);
+export const permissionDenied = (message: string) => new RpcError(status.PERMISSION_DENIED, message);
 export const failedPrecondition = (message: string, missing: string[] = []) =>
   new RpcError(status.FAILED_PRECONDITION, message, missing);
 

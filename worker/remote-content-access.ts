@@ -52,7 +52,7 @@ export class RemoteContentAccess implements ContentAccess {
 
   async read(instanceName: string, digest: Digest): Promise<Buffer | undefined> {
     if (isEmptyDigest(digest)) return Buffer.alloc(0);
-    if (digest.sizeBytes <= (await this.batchLimit())) {
+    if (digest.sizeBytes <= (await this.batchLimit(instanceName))) {
       const res = await this.call(`BatchReadBlobs of ${digestKey(digest)}`, () =>
         unary(this.server.cas, 'BatchReadBlobs', { instanceName, digests: [digest] }),
       );
@@ -87,7 +87,7 @@ export class RemoteContentAccess implements ContentAccess {
 
   async uploadFile(instanceName: string, digest: Digest, path: string): Promise<void> {
     if (isEmptyDigest(digest)) return;
-    if (digest.sizeBytes <= (await this.batchLimit())) {
+    if (digest.sizeBytes <= (await this.batchLimit(instanceName))) {
       const data = await fs.readFile(path);
       verify(digest, createHash('sha256').update(data), data.length, `${path} (changed since it was hashed)`);
       return this.batchUpdate(instanceName, digest, data);
@@ -99,15 +99,18 @@ export class RemoteContentAccess implements ContentAccess {
 
   async uploadBlob(instanceName: string, digest: Digest, data: Buffer): Promise<void> {
     if (isEmptyDigest(digest)) return;
-    if (digest.sizeBytes <= (await this.batchLimit())) return this.batchUpdate(instanceName, digest, data);
+    if (digest.sizeBytes <= (await this.batchLimit(instanceName))) return this.batchUpdate(instanceName, digest, data);
     await this.writeStream(instanceName, digest, bufferChunks(data));
   }
 
   // --- batches ------------------------------------------------------------------------------
 
-  /** Blob bytes one batch call may carry: the server's advertised limit, asked once. */
-  private batchLimit(): Promise<number> {
-    this.batchBytes ??= this.call('GetCapabilities', () => unary(this.server.caps, 'GetCapabilities', {})).then(
+  /**
+   * Blob bytes one batch call may carry: the server's advertised limit, asked once. Asked for the
+   * instance at hand: a server with tokens answers only for instances the worker's token covers.
+   */
+  private batchLimit(instanceName: string): Promise<number> {
+    this.batchBytes ??= this.call('GetCapabilities', () => unary(this.server.caps, 'GetCapabilities', { instanceName })).then(
       (caps) => {
         const advertised = Number(caps.cacheCapabilities?.maxBatchTotalSizeBytes ?? 0);
         return advertised > 0 ? Math.min(advertised, DEFAULT_BATCH_BYTES) : DEFAULT_BATCH_BYTES;

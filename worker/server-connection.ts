@@ -1,5 +1,5 @@
 // The gRPC clients a standalone worker uses to reach its reapi server: one address, one set of
-// channel options, so every call gets the same message limits and the same retry policy.
+// channel options, so every call gets the same message limits, retry policy, TLS and token.
 import * as grpc from '@grpc/grpc-js';
 import {
   ActionCacheClient,
@@ -12,6 +12,7 @@ import {
   CasService,
   createClient,
 } from '../apis/services';
+import { ClientTlsFiles, channelCredentials } from '../server/tls';
 
 export interface ServerClients {
   /** HOST:PORT, as grpc-js wants it. */
@@ -46,26 +47,48 @@ const SERVICE_CONFIG = JSON.stringify({
   ],
 });
 
-/** "grpc://host:port" (or a bare "host:port") -> "host:port"; TLS is not offered yet. */
-export function parseServerAddress(url: string): string {
-  const match = /^(?:grpc:\/\/)?([^/]+:\d+)\/?$/.exec(url.trim());
-  if (!match) throw new Error(`server address ${JSON.stringify(url)} is not grpc://HOST:PORT`);
-  return match[1];
+export interface ServerAddress {
+  /** HOST:PORT, as grpc-js wants it. */
+  address: string;
+  /** grpcs://: TLS. */
+  secure: boolean;
 }
 
-export function connectToServer(url: string): ServerClients {
-  const address = parseServerAddress(url);
+/** "grpc://host:port" (or a bare "host:port") is plain text, "grpcs://host:port" TLS. */
+export function parseServerAddress(url: string): ServerAddress {
+  const match = /^(?:(grpcs?):\/\/)?([^/]+:\d+)\/?$/.exec(url.trim());
+  if (!match) throw new Error(`server address ${JSON.stringify(url)} is not grpc://HOST:PORT or grpcs://HOST:PORT`);
+  return { address: match[2], secure: match[1] === 'grpcs' };
+}
+
+export interface ConnectOptions {
+  /** For a grpcs:// server: the CA to trust (system roots without) and a client certificate for mutual TLS. */
+  tls?: ClientTlsFiles;
+  /** Sent as "authorization: Bearer <token>" on every call. */
+  token?: string;
+}
+
+export function connectToServer(url: string, connect: ConnectOptions = {}): ServerClients {
+  const { address, secure } = parseServerAddress(url);
+  const tls = connect.tls ?? {};
+  if (!secure && (tls.ca || tls.clientCert || tls.clientKey)) {
+    throw new Error(`TLS options given, but ${url} is not a grpcs:// address`);
+  }
+  const credentials = secure ? channelCredentials(tls) : grpc.credentials.createInsecure();
   const options: grpc.ClientOptions = {
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
     'grpc.service_config': SERVICE_CONFIG,
+    // An interceptor rather than call credentials: grpc-js sends those only over TLS, and a token
+    // on a plain-text channel inside a trusted network is the operator's call to make.
+    interceptors: connect.token ? [bearerToken(connect.token)] : [],
   };
-  const caps = createClient(CapabilitiesService, address, undefined, options);
+  const caps = createClient(CapabilitiesService, address, credentials, options);
   // One channel for all services: one connection to the server, not four.
   const shared = { ...options, channelOverride: caps.getChannel() };
-  const cas = createClient(CasService, address, undefined, shared);
-  const ac = createClient(ActionCacheService, address, undefined, shared);
-  const bs = createClient(ByteStreamService, address, undefined, shared);
+  const cas = createClient(CasService, address, credentials, shared);
+  const ac = createClient(ActionCacheService, address, credentials, shared);
+  const bs = createClient(ByteStreamService, address, credentials, shared);
   return {
     address,
     caps,
@@ -76,4 +99,14 @@ export function connectToServer(url: string): ServerClients {
       caps.close(); // closes the shared channel
     },
   };
+}
+
+function bearerToken(token: string): grpc.Interceptor {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set('authorization', `Bearer ${token}`);
+        next(metadata, listener);
+      },
+    });
 }

@@ -71,6 +71,7 @@ export interface WorkerProcess {
 
 /** Runs `reapi worker` against a server and a Redis; resolves once it prints its ready line. */
 export async function startWorkerProcess(opts: {
+  /** HOST:PORT (plain gRPC), or a URL with its scheme, e.g. grpcs://localhost:PORT. */
   server: string;
   redis: string;
   name: string;
@@ -81,7 +82,7 @@ export async function startWorkerProcess(opts: {
   const workDir = opts.workDir ?? tempDir('worker');
   const child = spawn(
     process.execPath,
-    [REAPI_BIN, 'worker', '--server', `grpc://${opts.server}`, '--redis', opts.redis, '--name', opts.name, '--work-dir', workDir, ...(opts.args ?? [])],
+    [REAPI_BIN, 'worker', '--server', opts.server.includes('://') ? opts.server : `grpc://${opts.server}`, '--redis', opts.redis, '--name', opts.name, '--work-dir', workDir, ...(opts.args ?? [])],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
   );
   let err = '';
