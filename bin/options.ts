@@ -1,6 +1,7 @@
 // Option parsing and start-up checks shared by `reapi serve` and `reapi worker`.
 import * as os from 'node:os';
 import { connectRedis } from '../scheduler/redis-connection';
+import type { SandboxMode } from '../worker/docker-worker';
 
 export const DEFAULT_IMAGE = 'reapi-toolchain:bookworm';
 
@@ -19,11 +20,25 @@ export const WORKER_USAGE = `      --image          container image for actions 
 
 export const ENVIRONMENT_USAGE = `environment:
   REAPI_LOG=debug|info|warn|error   log threshold (default warn)
+  REAPI_TOKEN=TOKEN                 reapi worker: its token, when there is no --token-file
   REAPI_QUEUE_LOCK_MS=N             with Redis: how long a taken action stays locked to a worker that
                                     stopped renewing (crashed) before another worker gets it, and how
                                     often workers look for such actions (default 30000; tests lower it).
                                     Give every process of a farm the same value: the check is paced
                                     farm-wide, by whichever process ran it last`;
+
+/** `reapi worker --sandbox`: where actions run. */
+export const SANDBOX_USAGE = `      --sandbox        docker: each action in a container of its image, through Docker (default);
+                       process: directly in this worker's own container, e.g. a Kubernetes pod of
+                       the worker-in-pod image, as a uid per slot; needs root, no Docker; actions
+                       must name --image (or none)
+      --sandbox-uid    process: slot i runs actions as uid UID+i (default 1000); whatever else runs
+                       as these uids in this PID namespace is killed after every action`;
+
+export function sandboxMode(value: string | undefined): SandboxMode {
+  if (value === 'docker' || value === 'process') return value;
+  throw new Error(`--sandbox must be docker or process, not ${JSON.stringify(value)}`);
+}
 
 export function positiveInteger(value: string | undefined, what: string): number {
   const n = Number(value);

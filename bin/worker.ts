@@ -1,18 +1,29 @@
 // `reapi worker`: a standalone Docker worker of a farm. It takes actions from the farm's Redis
 // and talks to a reapi server for blobs and results; SIGTERM/SIGINT drain it.
 import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { log } from '../server/log';
 import { dockerAvailable } from '../worker/docker-available';
 import { startStandaloneWorker } from '../worker/standalone-worker';
-import { WORKER_OPTIONS, WORKER_USAGE, checkRedis, positiveInteger, queueLockMsFromEnv, redisUrl } from './options';
+import { SANDBOX_USAGE, WORKER_OPTIONS, WORKER_USAGE, checkRedis, positiveInteger, queueLockMsFromEnv, redisUrl, sandboxMode } from './options';
 
-export const WORKER_COMMAND_USAGE = `  reapi worker --server grpc://HOST:PORT --redis redis://HOST:PORT [--work-dir DIR] [--name NAME] [worker options]
-      --server         a reapi server of the farm: blobs are read and written there, results stored there
+export const WORKER_COMMAND_USAGE = `  reapi worker --server grpc[s]://HOST:PORT --redis redis://HOST:PORT [--work-dir DIR] [--name NAME]
+               [--tls-ca FILE] [--tls-client-cert FILE --tls-client-key FILE] [--token-file FILE]
+               [--sandbox docker|process] [worker options]
+      --server         a reapi server of the farm: blobs are read and written there, results stored there;
+                       grpcs:// for a server with --tls-cert
+      --tls-ca         PEM CA certificate to trust for a grpcs:// server (default: the system's roots)
+      --tls-client-cert, --tls-client-key
+                       PEM certificate and key this worker presents to a server with --tls-client-ca
+      --token-file     file holding the worker's token (default: env REAPI_TOKEN), sent on every call;
+                       in the server's tokens file with "role": "worker", it lets the worker store
+                       results even when the server refuses clients' results (--no-ac-updates)
       --redis          the farm's Redis, where servers queue actions
       --work-dir       file cache and action directories, one per worker (default ./.worker)
       --name           how operations and results name this worker (default HOSTNAME/worker-PID)
+${SANDBOX_USAGE}
     worker options:
 ${WORKER_USAGE}
     SIGTERM or SIGINT: take nothing new, finish the running actions, exit 0`;
@@ -25,18 +36,33 @@ export async function worker(argv: string[]): Promise<void> {
       redis: { type: 'string' },
       'work-dir': { type: 'string', default: '.worker' },
       name: { type: 'string', default: `${os.hostname()}/worker-${process.pid}` },
+      'tls-ca': { type: 'string' },
+      'tls-client-cert': { type: 'string' },
+      'tls-client-key': { type: 'string' },
+      'token-file': { type: 'string' },
+      sandbox: { type: 'string', default: 'docker' },
+      'sandbox-uid': { type: 'string' },
       ...WORKER_OPTIONS,
     },
   });
-  if (!values.server) throw new Error('--server grpc://HOST:PORT is required');
+  if (!values.server) throw new Error('--server grpc://HOST:PORT or grpcs://HOST:PORT is required');
   if (!values.redis) throw new Error('--redis redis://HOST:PORT is required');
   const redis = redisUrl(values.redis);
   const concurrency = positiveInteger(values.concurrency, '--concurrency');
-  if (!(await dockerAvailable())) throw new Error('Docker does not answer on /var/run/docker.sock; a worker needs it to run actions');
+  const token = workerToken(values['token-file']);
+  const sandbox = sandboxMode(values.sandbox);
+  if (sandbox === 'docker' && !(await dockerAvailable())) {
+    throw new Error('Docker does not answer on /var/run/docker.sock; a worker needs it to run actions (or --sandbox process)');
+  }
+  if (sandbox === 'process' && process.getuid?.() !== 0) throw new Error('--sandbox process needs root: it runs each action as an unprivileged uid');
+  if (values['sandbox-uid'] !== undefined && sandbox !== 'process') throw new Error('--sandbox-uid only applies to --sandbox process');
+  const actionUid = values['sandbox-uid'] === undefined ? undefined : positiveInteger(values['sandbox-uid'], '--sandbox-uid');
   await checkRedis(redis);
 
   const running = await startStandaloneWorker({
     server: values.server,
+    tls: { ca: values['tls-ca'], clientCert: values['tls-client-cert'], clientKey: values['tls-client-key'] },
+    token,
     redis,
     name: values.name,
     workDir: path.resolve(values['work-dir']),
@@ -44,6 +70,8 @@ export async function worker(argv: string[]): Promise<void> {
     concurrency,
     strict: values.strict,
     platform: values.platform,
+    sandbox,
+    actionUid,
     queueLockMs: queueLockMsFromEnv(),
   });
   process.stdout.write(`reapi worker: ${values.name} taking actions for ${values.platform} from ${redis}\n`);
@@ -62,4 +90,23 @@ export async function worker(argv: string[]): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+/** The token from --token-file, else REAPI_TOKEN; a file's trailing newline is not part of it. */
+function workerToken(file: string | undefined): string | undefined {
+  let token: string | undefined;
+  let source = 'REAPI_TOKEN';
+  if (file !== undefined) {
+    source = `--token-file ${file}`;
+    try {
+      token = readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      throw new Error(`${source}: ${(err as Error).message}`);
+    }
+  } else {
+    token = process.env.REAPI_TOKEN?.trim() || undefined;
+  }
+  // It goes into an HTTP/2 header as "Bearer <token>".
+  if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new Error(`${source}: a token is one word of printable ASCII`);
+  return token;
 }

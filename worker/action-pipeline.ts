@@ -77,12 +77,14 @@ export async function runActionPipeline(
     // Where the inputs are staged on the host, and where the action sees them.
     const root = slot.inputRoot?.hostPath ?? path.join(actionDir, 'root');
     const rootInContainer = slot.inputRoot?.containerPath ?? root;
+    // The process sandbox runs each slot as a uid of its own; containers all use the configured one.
+    const { uid, gid } = slot.user ?? opts;
 
     meta.inputFetchStartTimestamp = now();
     // The action's own directory belongs to the action user: its stdout/stderr and TMPDIR live here.
     await fs.mkdir(path.join(actionDir, 'tmp'), { recursive: true });
-    await fs.chown(actionDir, opts.uid, opts.gid);
-    await fs.chown(path.join(actionDir, 'tmp'), opts.uid, opts.gid);
+    await fs.chown(actionDir, uid, gid);
+    await fs.chown(path.join(actionDir, 'tmp'), uid, gid);
     if (!slot.inputRoot) await fs.mkdir(root);
     const staged = await materializeInputRoot({
       instanceName,
@@ -90,14 +92,14 @@ export async function runActionPipeline(
       access: opts.access,
       cache: opts.cache,
       dest: root,
-      uid: opts.uid,
-      gid: opts.gid,
+      uid,
+      gid,
       directoryCache,
     });
     release = staged.release;
     if (directoryCache.size > DIRECTORY_CACHE_LIMIT) directoryCache.clear();
     const outputs = command.outputPaths.length > 0 ? command.outputPaths : [...command.outputFiles, ...command.outputDirectories];
-    await createOutputParents(root, command.workingDirectory, outputs, opts.uid, opts.gid);
+    await createOutputParents(root, command.workingDirectory, outputs, uid, gid);
     meta.inputFetchCompletedTimestamp = now();
 
     const env: Record<string, string> = {};

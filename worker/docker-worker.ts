@@ -1,6 +1,8 @@
 // Assembles a Worker that runs actions in Docker: its directories, its sandbox and its pipeline.
 // The embedded worker (inside `reapi serve`) and the standalone one (`reapi worker`) differ only
-// in how they reach the CAS, where results go, and which queue they serve.
+// in how they reach the CAS, where results go, and which queue they serve. A standalone worker
+// may instead run actions as plain processes in its own container (sandbox "process", for
+// Kubernetes pods without Docker): same pipeline, another sandbox.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ActionQueue } from '../scheduler/action-queue';
@@ -9,12 +11,19 @@ import { parseProperties } from '../scheduler/platform';
 import { ContentAccess } from './content-access';
 import { FileCache } from './file-cache';
 import { ImageResolver } from './image-resolver';
-import { createDockerSandbox } from './sandbox/sandbox';
+import { createProcessSandbox } from './sandbox/process-sandbox';
+import { Sandbox, createDockerSandbox } from './sandbox/sandbox';
 import { ActionResultSink, Worker } from './worker';
 
 /** The user actions run as, on every worker, so results never depend on where they ran. */
 export const ACTION_UID = 1000;
 export const ACTION_GID = 1000;
+
+/** docker: a container per action (warm or strict); process: a uid per slot in this very container. */
+export type SandboxMode = 'docker' | 'process';
+
+/** Process mode has no Docker to ask for image IDs: actions run in the pod's image, named by --image. */
+export const NO_IMAGE_IDS: ImageResolver = { resolve: async () => undefined };
 
 export interface DockerWorkerOptions {
   /** Shows up in operations and ExecutedActionMetadata.worker. */
@@ -32,6 +41,10 @@ export interface DockerWorkerOptions {
   strict: boolean;
   /** Properties this worker offers: name=value,... */
   platform: string;
+  /** Default docker. In process mode slot i runs its actions as uid ACTION_UID + i. */
+  sandbox?: SandboxMode;
+  /** Process mode: the first slot's uid (default ACTION_UID); each uid must be used by nothing else. */
+  actionUid?: number;
 }
 
 export interface DockerWorker {
@@ -47,14 +60,19 @@ export async function startDockerWorker(opts: DockerWorkerOptions): Promise<Dock
   await fs.mkdir(actionsDir, { recursive: true, mode: 0o711 });
   await fs.chmod(actionsDir, 0o711);
   await fs.mkdir(cacheDir, { recursive: true });
+  // Process mode: actions reach their directories by path as another uid, through the work dir.
+  if (opts.sandbox === 'process') await fs.chmod(opts.workDir, ((await fs.stat(opts.workDir)).mode & 0o7777) | 0o011);
   // The sandbox first: it removes containers a killed predecessor left running, which may still
   // be writing into their action directories; then those directories can go.
-  const sandbox = await createDockerSandbox({
-    execRoot: actionsDir,
-    strict: opts.strict,
-    maxContainersPerImage: opts.concurrency,
-    user: `${ACTION_UID}:${ACTION_GID}`,
-  });
+  const sandbox: Sandbox =
+    opts.sandbox === 'process'
+      ? await createProcessSandbox({ execRoot: actionsDir, image: opts.defaultImage, slots: opts.concurrency, firstUid: opts.actionUid ?? ACTION_UID, gid: ACTION_GID })
+      : await createDockerSandbox({
+          execRoot: actionsDir,
+          strict: opts.strict,
+          maxContainersPerImage: opts.concurrency,
+          user: `${ACTION_UID}:${ACTION_GID}`,
+        });
   for (const name of await fs.readdir(actionsDir)) await fs.rm(path.join(actionsDir, name), { recursive: true, force: true });
 
   const worker = new Worker({

@@ -7,17 +7,22 @@ import { promises as fs } from 'node:fs';
 import { BullMqActionQueue } from '../scheduler/bullmq-action-queue';
 import { RedisOperationStore } from '../scheduler/redis-operation-store';
 import { unary } from '../apis/services';
-import { startDockerWorker } from './docker-worker';
+import { NO_IMAGE_IDS, SandboxMode, startDockerWorker } from './docker-worker';
 import { DockerImageResolver } from './image-resolver';
 import { RemoteActionCache } from './remote-action-cache';
 import { RemoteContentAccess } from './remote-content-access';
+import { ClientTlsFiles } from '../server/tls';
 import { ServerClients, connectToServer } from './server-connection';
 
 const SERVER_CHECK_MS = 10_000;
 
 export interface StandaloneWorkerOptions {
-  /** grpc://HOST:PORT of a reapi server of the farm. */
+  /** grpc://HOST:PORT or grpcs://HOST:PORT (TLS) of a reapi server of the farm. */
   server: string;
+  /** For grpcs://: the CA to trust and, for mutual TLS, this worker's certificate. */
+  tls?: ClientTlsFiles;
+  /** The worker's token, sent on every call; the server knows it with the role "worker". */
+  token?: string;
   /** redis://HOST:PORT[/db] shared by the farm's servers and workers. */
   redis: string;
   /** Shows up in operations and ExecutedActionMetadata.worker. */
@@ -29,6 +34,10 @@ export interface StandaloneWorkerOptions {
   strict: boolean;
   /** name=value,... */
   platform: string;
+  /** Where actions run (default docker). */
+  sandbox?: SandboxMode;
+  /** Process mode: slot i runs as actionUid + i. */
+  actionUid?: number;
   /** Lease lifetime without renewal; also how often dead workers' jobs are looked for. */
   queueLockMs?: number;
 }
@@ -39,7 +48,7 @@ export interface StandaloneWorker {
 }
 
 export async function startStandaloneWorker(opts: StandaloneWorkerOptions): Promise<StandaloneWorker> {
-  const server = connectToServer(opts.server);
+  const server = connectToServer(opts.server, { tls: opts.tls, token: opts.token });
   await checkServer(server, opts.server);
   const access = new RemoteContentAccess(server);
 
@@ -53,7 +62,8 @@ export async function startStandaloneWorker(opts: StandaloneWorkerOptions): Prom
     results: new RemoteActionCache(server),
     queue,
     operations,
-    images: new DockerImageResolver(),
+    // In process mode there is no Docker to ask: the pod's image is the only one, by name.
+    images: opts.sandbox === 'process' ? NO_IMAGE_IDS : new DockerImageResolver(),
   });
   return {
     async drain() {
@@ -73,8 +83,12 @@ async function checkServer(server: ServerClients, url: string): Promise<void> {
     metadata.setOptions({ waitForReady: true });
     await unary(server.caps, 'GetCapabilities', {}, metadata, { deadline: Date.now() + SERVER_CHECK_MS });
   } catch (err) {
+    const e = err as grpc.ServiceError;
+    // The token is valid, it just does not cover the default instance: the server answers.
+    if (e.code === grpc.status.PERMISSION_DENIED) return;
     server.close();
-    throw new Error(`reapi server ${url} does not answer: ${(err as grpc.ServiceError).details ?? (err as Error).message}`);
+    if (e.code === grpc.status.UNAUTHENTICATED) throw new Error(`reapi server ${url} does not accept this worker: ${e.details}`);
+    throw new Error(`reapi server ${url} does not answer: ${e.details ?? e.message}`);
   }
 }
 

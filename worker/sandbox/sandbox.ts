@@ -52,9 +52,17 @@ export interface SlotRequest {
 export interface SandboxSlot {
   /** Undefined without an input root path: the input root may be any directory under the exec root. */
   readonly inputRoot: InputRootMount | undefined;
+  /** Set when this slot's actions run as a user of their own (process sandbox: one uid per slot);
+   * the action's directories must then belong to it. Undefined: the worker's configured user. */
+  readonly user?: ActionUser;
   run(req: SlotRunRequest): Promise<SandboxResult>;
   /** Call once, whatever happened; never throws. */
   release(): Promise<void>;
+}
+
+export interface ActionUser {
+  uid: number;
+  gid: number;
 }
 
 export interface SandboxResult {
