@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { rex, rpc } from '../apis';
 import { unary } from '../apis/services';
-import { clientsFor, statusOf } from './helpers/clients';
+import { clientsFor, statusOf, failure } from './helpers/clients';
 import { ServerProcess, startServerProcess, tempDir } from './helpers/server-process';
 
 let server: ServerProcess;
@@ -45,15 +45,6 @@ const blobPath = (d: rex.IDigest, instanceDir = '_') => path.join(dataDir, 'inst
 async function upload(blobs: Buffer[], instanceName = ''): Promise<void> {
   const res = await unary(c.cas, 'BatchUpdateBlobs', { instanceName, requests: blobs.map((data) => ({ digest: digestOf(data), data })) });
   assert.ok(res.responses.every((r) => (r.status?.code ?? 0) === grpc.status.OK));
-}
-
-async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  assert.fail('call unexpectedly succeeded');
 }
 
 function treeBlob(files: Buffer[]): { data: Buffer; digest: { hash: string; sizeBytes: number } } {

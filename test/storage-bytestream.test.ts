@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { compress, decompress } from 'zstd-napi';
 import { bytestream } from '../apis';
 import { unary } from '../apis/services';
-import { clientsFor, readAll, writeStream } from './helpers/clients';
+import { clientsFor, readAll, writeStream, failure } from './helpers/clients';
 import { ServerProcess, startServerProcess } from './helpers/server-process';
 
 let server: ServerProcess;
@@ -39,15 +39,6 @@ function chunks(resourceName: string, data: Buffer, opts: { from?: number; to?: 
     out.push({ resourceName: out.length === 0 ? resourceName : '', writeOffset: at, data: data.subarray(at, end), finishWrite: finish && end === to });
   }
   return out;
-}
-
-async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  assert.fail('call unexpectedly succeeded');
 }
 
 async function readChunks(req: bytestream.IReadRequest): Promise<Buffer[]> {

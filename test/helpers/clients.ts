@@ -55,3 +55,13 @@ export async function statusOf(p: Promise<unknown>): Promise<grpc.status> {
     return (err as grpc.ServiceError).code;
   }
 }
+
+/** The error a call must fail with; fails the test if the call succeeds. */
+export async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
+  try {
+    await p;
+  } catch (err) {
+    return err as grpc.ServiceError;
+  }
+  throw new Error('call unexpectedly succeeded');
+}
