@@ -13,6 +13,7 @@ LOG="${TMPDIR:-/tmp}/reapi-install-deps.log"
 PACKAGES=(
   docker.io redis-server bazel-bootstrap debootstrap ccache distcc linux-source-6.1 zstd
   make gcc g++ libc6-dev ca-certificates openssl libnetty-tcnative-jni
+  flex bison bc libelf-dev libssl-dev xz-utils
 )
 
 run() { # run CMD... quietly; on failure show the log tail and exit

@@ -1,0 +1,164 @@
+// reapi-cc on a real kernel: Debian's linux-source-6.1, `make ARCH=x86_64 tinyconfig`, one table
+// from one run: plain make, ccache cold and warm, reapi-cc cold and warm (`make clean` before
+// each build), and no-op rebuilds, with the ratios the issue sets as goals:
+//   reapi-cc warm / ccache warm <= 0.5, reapi-cc cold / plain make <= 1.15, no-op <= 1.2.
+// `--check` (the test-kernel mode) also requires every .o and vmlinux of the reapi-cc builds to
+// be bit-identical to the plain build (fixed KBUILD_BUILD_TIMESTAMP/USER/HOST).
+//
+//   node dist/bench/kernel.js [--work DIR] [--jobs N] [--remote-jobs N] [--check] [--only-check]
+// Needs Docker, the toolchain image, ccache and /usr/src/linux-source-6.1.tar.xz.
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { REPO_ROOT, ServerProcess, startServerProcess, tempDir } from '../test/helpers/server-process';
+import { printTable } from './helpers/stats';
+
+const TARBALL = '/usr/src/linux-source-6.1.tar.xz';
+const REAPI_CC = path.join(REPO_ROOT, 'dist', 'client', 'reapi-cc.js');
+// KBUILD_BUILD_VERSION too: otherwise .version counts builds and every build's version objects differ.
+const FIXED = { KBUILD_BUILD_VERSION: '1', KBUILD_BUILD_TIMESTAMP: 'Thu Jan  1 00:00:00 UTC 2015', KBUILD_BUILD_USER: 'reapi', KBUILD_BUILD_HOST: 'reapi' };
+
+const { values } = parseArgs({
+  options: {
+    work: { type: 'string', default: '/work/kbench/bench' },
+    jobs: { type: 'string', default: '2' },
+    'remote-jobs': { type: 'string', default: '8' },
+    check: { type: 'boolean', default: false },
+    'only-check': { type: 'boolean', default: false },
+  },
+});
+const jobs = Number(values.jobs);
+const remoteJobs = Number(values['remote-jobs']);
+
+function log(line: string): void {
+  process.stderr.write(`[bench-kernel] ${line}\n`);
+}
+
+/** Runs a command in the tree; resolves with its wall time in seconds; throws on failure. */
+function timed(tree: string, file: string, args: string[], env: NodeJS.ProcessEnv, quiet = true): Promise<number> {
+  const start = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { cwd: tree, env: { ...process.env, ...FIXED, ...env }, stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (err.length > 200_000) err = err.slice(-100_000);
+    });
+    child.on('close', (code) => {
+      const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+      if (code === 0) resolve(seconds);
+      else reject(new Error(`${file} ${args.join(' ')} exited with ${code}:\n${err.slice(-4000)}`));
+    });
+  });
+}
+
+/** The source tree, unpacked once and configured with tinyconfig. */
+function prepareTree(work: string): string {
+  const tree = path.join(work, 'linux-source-6.1');
+  if (!fs.existsSync(path.join(tree, 'Makefile'))) {
+    fs.mkdirSync(work, { recursive: true });
+    log(`unpacking ${TARBALL} into ${work}`);
+    execFileSync('tar', ['-xf', TARBALL, '-C', work]);
+  }
+  if (!fs.existsSync(path.join(tree, '.config'))) {
+    log('make ARCH=x86_64 tinyconfig');
+    execFileSync('make', ['ARCH=x86_64', 'tinyconfig'], { cwd: tree, stdio: 'ignore' });
+  }
+  return tree;
+}
+
+/** sha256 of every .o and of vmlinux, by path. */
+function objectSums(tree: string): Map<string, string> {
+  const sums = new Map<string, string>();
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) {
+        if (e.name !== '.git') walk(p);
+      } else if (e.isFile() && (e.name.endsWith('.o') || p === path.join(tree, 'vmlinux'))) {
+        sums.set(path.relative(tree, p), createHash('sha256').update(fs.readFileSync(p)).digest('hex'));
+      }
+    }
+  };
+  walk(tree);
+  return sums;
+}
+
+function compareSums(what: string, expected: Map<string, string>, actual: Map<string, string>): string[] {
+  const problems: string[] = [];
+  for (const [p, h] of expected) {
+    if (!actual.has(p)) problems.push(`${what}: ${p} missing`);
+    else if (actual.get(p) !== h) problems.push(`${what}: ${p} differs`);
+  }
+  for (const p of actual.keys()) if (!expected.has(p)) problems.push(`${what}: ${p} not in the plain build`);
+  return problems;
+}
+
+async function main(): Promise<void> {
+  const tree = prepareTree(values.work!);
+  const clean = () => timed(tree, 'make', ['clean'], {});
+  const rows: [string, number][] = [];
+  const problems: string[] = [];
+
+  log(`plain make -j${jobs}`);
+  await clean();
+  const plain = await timed(tree, 'make', [`-j${jobs}`], {});
+  rows.push([`plain make -j${jobs}`, plain]);
+  const plainSums = objectSums(tree);
+  const plainNoop = await timed(tree, 'make', [`-j${jobs}`], {});
+  rows.push(['plain make no-op', plainNoop]);
+
+  let ccacheWarm = NaN;
+  if (!values['only-check']) {
+    const ccacheDir = tempDir('ccache');
+    for (const phase of ['cold', 'warm']) {
+      log(`ccache ${phase}`);
+      await clean();
+      const t = await timed(tree, 'make', [`-j${jobs}`, 'CC=ccache gcc'], { CCACHE_DIR: ccacheDir });
+      rows.push([`ccache ${phase}`, t]);
+      if (phase === 'warm') ccacheWarm = t;
+    }
+  }
+
+  let server: ServerProcess | undefined;
+  try {
+    server = await startServerProcess({ args: ['--worker', 'on'] });
+    const env = { REAPI_SERVER: `grpc://${server.address}`, REAPI_CC_STATE: tempDir('reapi-cc-state') };
+    const times: Record<string, number> = {};
+    for (const phase of ['cold', 'warm']) {
+      log(`reapi-cc ${phase} (make -j${remoteJobs})`);
+      await clean();
+      times[phase] = await timed(tree, process.execPath, [REAPI_CC, 'make', `-j${remoteJobs}`], env);
+      rows.push([`reapi-cc ${phase}`, times[phase]]);
+      if (values.check || values['only-check']) problems.push(...compareSums(`reapi-cc ${phase}`, plainSums, objectSums(tree)));
+    }
+    const noop = await timed(tree, process.execPath, [REAPI_CC, 'make', `-j${jobs}`], env);
+    rows.push(['reapi-cc no-op', noop]);
+    log(execFileSync(process.execPath, [REAPI_CC, '--stats'], { env: { ...process.env, ...env } }).toString());
+
+    printTable(
+      `reapi-cc on Linux 6.1 tinyconfig (x86_64), ${jobs} local cores; reapi-cc runs make -j${remoteJobs}`,
+      rows.map(([name, t]) => [name, `${t.toFixed(1)} s`, `x${(t / (name.includes('no-op') ? plainNoop : plain)).toFixed(2)} of plain`]),
+    );
+    const goal = (label: string, ratio: number, limit: number): [string, string, string] => [label, ratio.toFixed(2), `goal <= ${limit}: ${ratio <= limit ? 'met' : 'NOT met'}`];
+    printTable('goals', [
+      goal('reapi-cc warm / ccache warm', times.warm / ccacheWarm, 0.5),
+      goal('reapi-cc cold / plain make', times.cold / plain, 1.15),
+      goal('reapi-cc no-op / plain no-op', noop / plainNoop, 1.2),
+    ]);
+  } finally {
+    await server?.stop();
+  }
+  if (values.check || values['only-check']) {
+    process.stdout.write(`bit-identical check: ${plainSums.size} files (every .o and vmlinux): ${problems.length ? `${problems.length} problems` : 'all identical'}\n`);
+    for (const p of problems.slice(0, 50)) process.stdout.write(`  ${p}\n`);
+    if (problems.length) process.exitCode = 1;
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench-kernel: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

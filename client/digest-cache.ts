@@ -1,0 +1,86 @@
+// File digests remembered across runs: (path, size, mtime, inode, mode) -> SHA-256, so a warm
+// rebuild stats its inputs instead of reading them. Like ccache's and git's index, a file
+// modified within the last couple of seconds is hashed but not remembered: a later write in the
+// same mtime tick would otherwise go unnoticed.
+import { createHash } from 'node:crypto';
+import { promises as fs, Stats } from 'node:fs';
+import * as path from 'node:path';
+
+export interface FileDigest {
+  hash: string;
+  sizeBytes: number;
+  executable: boolean;
+}
+
+interface Entry {
+  size: number;
+  mtimeNs: string;
+  ino: number;
+  mode: number;
+  hash: string;
+}
+
+const RACY_WINDOW_MS = 2000;
+
+export class DigestCache {
+  private entries = new Map<string, Entry>();
+  private dirty = false;
+  /** Bytes read and hashed in this process: what the cache did not save. */
+  hashedBytes = 0;
+
+  private constructor(private readonly file: string | undefined) {}
+
+  static async open(file: string | undefined): Promise<DigestCache> {
+    const cache = new DigestCache(file);
+    if (file) {
+      try {
+        const saved = JSON.parse(await fs.readFile(file, 'utf8')) as Record<string, Entry>;
+        cache.entries = new Map(Object.entries(saved));
+      } catch {
+        // No cache yet, or a damaged one: start empty, it only costs hashing.
+      }
+    }
+    return cache;
+  }
+
+  /** Digest of a regular file (symlinks followed), or undefined if it is not one. */
+  async digest(absPath: string): Promise<FileDigest | undefined> {
+    let st: Stats & { mtimeNs?: bigint };
+    try {
+      st = await fs.stat(absPath, { bigint: true }) as unknown as Stats & { mtimeNs?: bigint };
+    } catch {
+      return undefined;
+    }
+    if (!st.isFile()) return undefined;
+    const size = Number(st.size);
+    const mtimeNs = String(st.mtimeNs);
+    const ino = Number(st.ino);
+    const mode = Number(st.mode);
+    const executable = (mode & 0o111) !== 0;
+    const known = this.entries.get(absPath);
+    if (known && known.size === size && known.mtimeNs === mtimeNs && known.ino === ino && known.mode === mode) {
+      return { hash: known.hash, sizeBytes: size, executable };
+    }
+    const data = await fs.readFile(absPath);
+    this.hashedBytes += data.length;
+    const hash = createHash('sha256').update(data).digest('hex');
+    const mtimeMs = Number(BigInt(mtimeNs) / 1_000_000n);
+    if (Date.now() - mtimeMs > RACY_WINDOW_MS && data.length === size) {
+      this.entries.set(absPath, { size, mtimeNs, ino, mode, hash });
+      this.dirty = true;
+    } else {
+      this.entries.delete(absPath);
+    }
+    return { hash, sizeBytes: data.length, executable };
+  }
+
+  /** Writes the cache atomically (temp file + rename); concurrent writers each win whole. */
+  async save(): Promise<void> {
+    if (!this.file || !this.dirty) return;
+    await fs.mkdir(path.dirname(this.file), { recursive: true });
+    const tmp = `${this.file}.${process.pid}.tmp`;
+    await fs.writeFile(tmp, JSON.stringify(Object.fromEntries(this.entries)));
+    await fs.rename(tmp, this.file);
+    this.dirty = false;
+  }
+}

@@ -1,0 +1,118 @@
+// Which files one object pipeline reads: the source, every header the preprocessor pulls in under
+// the same flags (`gcc -M`), and every in-tree file the recipe names (tools, scripts, appended-to
+// files). When the recipe is unchanged and none of the files recorded for it last time changed,
+// the recorded list is reused without running the preprocessor (ccache's "direct mode").
+import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { InputFile } from './action-builder';
+import { CompileCommand } from './compile-args';
+import { parseDepfile } from './depfile';
+import { DigestCache, FileDigest } from './digest-cache';
+
+export interface DiscoveryRequest {
+  root: string;
+  cwd: string;
+  compile: CompileCommand;
+  /** Words of the recipe that may name files; those that are in-tree regular files are inputs. */
+  candidates: string[];
+  /** The environment the recipe runs with (the preprocessor must see the same). */
+  env: NodeJS.ProcessEnv;
+  digests: DigestCache;
+  /** Input paths (root-relative) -> "hash/size[+x]" recorded by the last build of this recipe. */
+  recorded?: Record<string, string>;
+}
+
+export type Discovery =
+  | { ok: true; inputs: InputFile[]; usedRecorded: boolean }
+  | { ok: false; reason: string };
+
+/** Headers outside the tree that the toolchain image provides itself. */
+const SYSTEM_PREFIXES = ['/usr/', '/lib/', '/lib64/', '/etc/'];
+
+export function digestString(d: FileDigest): string {
+  return `${d.hash}/${d.sizeBytes}${d.executable ? '+x' : ''}`;
+}
+
+export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> {
+  const found = new Map<string, InputFile>();
+  const add = async (rel: string): Promise<boolean> => {
+    if (found.has(rel)) return true;
+    const d = await req.digests.digest(path.join(req.root, rel));
+    if (!d) return false;
+    found.set(rel, { path: rel, digest: { hash: d.hash, sizeBytes: d.sizeBytes }, executable: d.executable });
+    return true;
+  };
+
+  let usedRecorded = false;
+  if (req.recorded && (await unchanged(req.root, req.recorded, req.digests))) {
+    for (const rel of Object.keys(req.recorded)) await add(rel);
+    usedRecorded = true;
+  } else {
+    const scan = await runDependencyScan(req.compile.dependencyScanArgv, req.cwd, req.env);
+    if (!scan.ok) return { ok: false, reason: `dependency scan failed (${scan.reason})` };
+    for (const dep of [req.compile.source, ...parseDepfile(scan.stdout)]) {
+      const abs = path.resolve(req.cwd, dep);
+      const rel = inTree(req.root, abs);
+      if (rel === undefined) {
+        if (SYSTEM_PREFIXES.some((p) => abs.startsWith(p))) continue; // provided by the image
+        return { ok: false, reason: `${abs} is outside the tree and not a system header` };
+      }
+      if (!(await add(rel))) return { ok: false, reason: `${dep} is not a regular file` };
+    }
+  }
+  // The assembler's .incbin reads files the preprocessor never lists (kbuild's rmpiggy.S,
+  // system_certificates.S, kernel/configs.c): take quoted paths of .incbin directives in the source.
+  for (const file of await incbinFiles(path.resolve(req.cwd, req.compile.source))) {
+    const rel = inTree(req.root, path.resolve(req.cwd, file));
+    if (rel !== undefined) await add(rel);
+  }
+  for (const word of req.candidates) {
+    const rel = inTree(req.root, path.resolve(req.cwd, word));
+    if (rel !== undefined) await add(rel);
+  }
+  return { ok: true, inputs: [...found.values()].sort((a, b) => (a.path < b.path ? -1 : 1)), usedRecorded };
+}
+
+/** Root-relative '/'-path of abs, or undefined if it lies outside the root. */
+export function inTree(root: string, abs: string): string | undefined {
+  const rel = path.relative(root, abs);
+  if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel)) return undefined;
+  return rel.split(path.sep).join('/');
+}
+
+const INCBIN = /\.incbin\s+\\?"([^"\\]+)\\?"/g;
+
+async function incbinFiles(source: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await fs.readFile(source, 'utf8');
+  } catch {
+    return [];
+  }
+  if (!text.includes('.incbin')) return [];
+  return [...text.matchAll(INCBIN)].map((m) => m[1]);
+}
+
+async function unchanged(root: string, recorded: Record<string, string>, digests: DigestCache): Promise<boolean> {
+  for (const [rel, before] of Object.entries(recorded)) {
+    const now = await digests.digest(path.join(root, rel));
+    if (!now || digestString(now) !== before) return false;
+  }
+  return true;
+}
+
+function runDependencyScan(argv: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<{ ok: true; stdout: string } | { ok: false; reason: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(argv[0], argv.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', (e) => resolve({ ok: false, reason: e.message }));
+    child.on('close', (code) => {
+      if (code === 0) resolve({ ok: true, stdout: Buffer.concat(out).toString() });
+      else resolve({ ok: false, reason: `exit ${code}: ${err.trim().split('\n')[0] ?? ''}` });
+    });
+  });
+}

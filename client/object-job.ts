@@ -1,0 +1,175 @@
+// One object pipeline from recipe to objects on disk: find its inputs, make its action, look it
+// up, run it remotely on a miss, and write its outputs; or say "run it locally" when the build
+// farm cannot help. Shared by the make session and the compiler-wrapper mode.
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { buildAction, InputFile } from './action-builder';
+import { CompileCommand } from './compile-args';
+import { ClientConfig, actionEnvironment } from './config';
+import { DigestCache } from './digest-cache';
+import { explainDifference, KeyParts } from './explain';
+import { digestString, discoverInputs, inTree } from './input-discovery';
+import { ManifestStore, recipeKeyOf } from './manifest-store';
+import { writeOutputs } from './output-writer';
+import { InfrastructureError, RemoteExecutor, Result } from './remote-executor';
+import { Counters } from './stats';
+
+export interface ObjectJob {
+  /** The tree: the input root, and the absolute path the action runs at. */
+  root: string;
+  cwd: string;
+  /** The remote Command's arguments. */
+  argv: string[];
+  compile: CompileCommand;
+  /** As written in the recipe (relative to cwd). */
+  outputs: string[];
+  candidates: string[];
+  /** The recipe's whole environment; only the allowlisted part reaches the action. */
+  env: NodeJS.ProcessEnv;
+}
+
+export type JobOutcome =
+  | { kind: 'replay'; exitCode: number; stdout: Buffer; stderr: Buffer }
+  | { kind: 'local' };
+
+export class ObjectRunner {
+  /** Set once the server proved unreachable: the rest of the build runs locally. */
+  private serverDown = false;
+
+  constructor(
+    private readonly config: ClientConfig,
+    private readonly executor: RemoteExecutor,
+    private readonly digests: DigestCache,
+    private readonly manifests: ManifestStore,
+    private readonly counters: Counters,
+    private readonly warn: (line: string) => void,
+  ) {}
+
+  async run(job: ObjectJob): Promise<JobOutcome> {
+    if (this.serverDown) return this.local();
+    const workingDirectory = job.cwd === job.root ? '' : inTree(job.root, job.cwd);
+    if (workingDirectory === undefined) return { kind: 'local' };
+    const outputs = job.outputs.map((o) => path.posix.normalize(o));
+    if (outputs.some((o) => o.startsWith('../') || path.isAbsolute(o))) return { kind: 'local' };
+    const object = inTree(job.root, path.resolve(job.cwd, job.compile.object))!;
+
+    const partsWithoutInputs = {
+      argv: job.argv,
+      env: actionEnvironment(job.env, this.config.envAllowlist, job.cwd),
+      platform: { 'container-image': this.config.image, InputRootAbsolutePath: job.root },
+      outputs: [...outputs].sort(),
+      workingDirectory,
+    };
+    const recipeKey = recipeKeyOf(partsWithoutInputs);
+    const manifest = await this.manifests.load(job.root, object);
+    const discovery = await discoverInputs({
+      root: job.root,
+      cwd: job.cwd,
+      compile: job.compile,
+      candidates: job.candidates,
+      env: job.env,
+      digests: this.digests,
+      recorded: manifest?.recipeKey === recipeKey ? manifest.parts.inputs : undefined,
+    });
+    if (!discovery.ok) return { kind: 'local' }; // e.g. a missing header: the local run prints the real error
+
+    const built = buildAction({ ...partsWithoutInputs, outputPaths: partsWithoutInputs.outputs, inputs: discovery.inputs, timeoutSeconds: this.config.timeoutSeconds });
+    const parts: KeyParts = { ...partsWithoutInputs, inputs: Object.fromEntries(discovery.inputs.map((f) => [f.path, inputDigestString(f)])) };
+    const reasons = manifest?.actionDigest === built.actionDigest.hash ? [] : explainDifference(manifest?.parts, parts);
+    const record = (hit: boolean) =>
+      this.manifests.save({ root: job.root, object, recipeKey, parts, actionDigest: built.actionDigest.hash, lastLookup: { hit, reasons } });
+
+    const started = Date.now();
+    try {
+      const cached = await this.executor.lookup(built.actionDigest, outputs);
+      if (cached && cached.exitCode === 0) {
+        await writeOutputs(cached, outputs, job.cwd, this.executor);
+        this.counters.hits++;
+        this.counters.timeSavedMs += Math.max(0, executionMs(cached) - (Date.now() - started));
+        await record(true);
+        return await this.replay(cached);
+      }
+      this.counters.misses++;
+      await this.executor.uploadMissing([
+        ...built.messages.map((m) => ({ digest: m.digest, read: async () => m.data })),
+        ...discovery.inputs.map((f) => ({ digest: f.digest, read: () => fs.readFile(path.join(job.root, f.path)) })),
+      ]);
+      const outcome = await this.executor.execute(built.actionDigest);
+      if (outcome.status.code !== 0 || !outcome.result) {
+        throw new InfrastructureError(`the server could not run it: ${outcome.status.message || 'no result'}`);
+      }
+      const result = outcome.result;
+      if (!outcome.cachedResult) this.counters.remoteRuns++;
+      if (result.exitCode === 0) {
+        await writeOutputs(result, outputs, job.cwd, this.executor);
+      } else if (await missingInputSymptom(result, this.executor)) {
+        // Probably an input the discovery could not see (a file read by a tool, not the
+        // preprocessor): the local run is the truth, and prints the real error if there is one.
+        throw new InfrastructureError(`it failed on a missing file, likely an input reapi-cc did not see`);
+      } else {
+        this.counters.failures++;
+        // gcc removes its output when it fails; so must we, or make would see a stale object.
+        await fs.rm(path.join(job.cwd, job.compile.object), { force: true });
+      }
+      await record(false);
+      return await this.replay(result);
+    } catch (err) {
+      if (!(err instanceof InfrastructureError)) throw err;
+      if (isUnreachable(err)) {
+        if (!this.serverDown) this.warn(`reapi-cc: warning: server ${this.config.serverUrl} is unreachable (${err.message}); building locally`);
+        this.serverDown = true;
+      } else {
+        this.warn(`reapi-cc: warning: remote run of ${object} failed (${err.message}); building it locally`);
+      }
+      return this.local();
+    }
+  }
+
+  private local(): JobOutcome {
+    this.counters.localFallbacks++;
+    return { kind: 'local' };
+  }
+
+  private async replay(result: Result): Promise<JobOutcome> {
+    const stdio = async (raw: Uint8Array | null | undefined, digest: Result['stdoutDigest']): Promise<Buffer> => {
+      const size = Number(digest?.sizeBytes ?? 0);
+      if (raw && raw.length === size) return Buffer.from(raw);
+      if (!digest || size === 0) return Buffer.alloc(0);
+      const got = await this.executor.read([{ hash: digest.hash ?? '', sizeBytes: size }]);
+      return got.get(digest.hash ?? '') ?? Buffer.alloc(0);
+    };
+    return {
+      kind: 'replay',
+      exitCode: result.exitCode ?? 0,
+      stdout: await stdio(result.stdoutRaw, result.stdoutDigest),
+      stderr: await stdio(result.stderrRaw, result.stderrDigest),
+    };
+  }
+}
+
+/** Whether a failed action's stderr says a file was missing. */
+async function missingInputSymptom(result: Result, executor: RemoteExecutor): Promise<boolean> {
+  const digest = result.stderrDigest;
+  let text = result.stderrRaw && result.stderrRaw.length ? Buffer.from(result.stderrRaw).toString() : '';
+  if (!text && digest && Number(digest.sizeBytes) > 0) {
+    text = (await executor.read([{ hash: digest.hash ?? '', sizeBytes: Number(digest.sizeBytes) }])).get(digest.hash ?? '')?.toString() ?? '';
+  }
+  return /No such file or directory|file not found/.test(text);
+}
+
+function inputDigestString(f: InputFile): string {
+  return digestString({ ...f.digest, executable: f.executable });
+}
+
+function executionMs(r: Result): number {
+  const m = r.executionMetadata;
+  const ms = (t: { seconds?: number | Long | null; nanos?: number | null } | null | undefined) =>
+    t ? Number(t.seconds ?? 0) * 1000 + Math.floor((t.nanos ?? 0) / 1e6) : 0;
+  return m ? Math.max(0, ms(m.workerCompletedTimestamp) - ms(m.workerStartTimestamp)) : 0;
+}
+
+type Long = { toNumber(): number };
+
+function isUnreachable(err: Error): boolean {
+  return /UNAVAILABLE|ECONNREFUSED|No connection established|DEADLINE_EXCEEDED|failed to connect/i.test(err.message);
+}

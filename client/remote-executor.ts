@@ -1,0 +1,203 @@
+// The client side of REAPI: action cache lookups, uploads of what the server lacks, Execute,
+// and reads of output blobs. One gRPC channel per process, shared by all actions in flight.
+import * as grpc from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import { rex } from '../apis';
+import {
+  ActionCacheClient, ActionCacheService, ByteStreamClient, ByteStreamService, CasService, ContentAddressableStorageClient,
+  createClient, ExecutionClient, ExecutionService, unary,
+} from '../apis/services';
+import { Digest } from './action-builder';
+
+/** Blob bytes per BatchUpdateBlobs/BatchReadBlobs call; larger blobs go through ByteStream. */
+const BATCH_BYTES = 3 * 1024 * 1024;
+const STREAM_CHUNK = 1024 * 1024;
+const MAX_MESSAGE = 16 * 1024 * 1024;
+
+export interface UploadableBlob {
+  digest: Digest;
+  /** Read only if the server lacks the blob. */
+  read(): Promise<Buffer>;
+}
+
+/** An ActionResult whose stdout/stderr/outputs are decoded instances. */
+export type Result = rex.ActionResult;
+
+export interface ExecuteOutcome {
+  result?: Result;
+  cachedResult: boolean;
+  /** Non-OK when the server could not run the action (not when the action itself failed). */
+  status: { code: number; message: string };
+}
+
+/** An error that means "the build farm did not work", as opposed to "the action failed". */
+export class InfrastructureError extends Error {}
+
+export function serverAddress(url: string): string {
+  return url.replace(/^grpcs?:\/\//, '').replace(/\/+$/, '');
+}
+
+export class RemoteExecutor {
+  private readonly cas: ContentAddressableStorageClient;
+  private readonly ac: ActionCacheClient;
+  private readonly exec: ExecutionClient;
+  private readonly bytestream: ByteStreamClient;
+  bytesUploaded = 0;
+  bytesDownloaded = 0;
+
+  constructor(serverUrl: string, private readonly instanceName = '') {
+    const address = serverAddress(serverUrl);
+    const options: grpc.ClientOptions = {
+      'grpc.max_receive_message_length': MAX_MESSAGE,
+      'grpc.max_send_message_length': MAX_MESSAGE,
+    };
+    // One channel for all services: grpc-js shares subchannels between clients with equal options.
+    this.cas = createClient(CasService, address, undefined, options);
+    this.ac = createClient(ActionCacheService, address, undefined, options);
+    this.exec = createClient(ExecutionService, address, undefined, options);
+    this.bytestream = createClient(ByteStreamService, address, undefined, options);
+  }
+
+  close(): void {
+    for (const c of [this.cas, this.ac, this.exec, this.bytestream]) c.close();
+  }
+
+  /** The cached result, or undefined on a miss. Small outputs and stdio come inline. */
+  async lookup(actionDigest: Digest, inlineOutputFiles: string[]): Promise<Result | undefined> {
+    try {
+      return await infra(
+        unary(this.ac, 'GetActionResult', {
+          instanceName: this.instanceName,
+          actionDigest,
+          inlineStdout: true,
+          inlineStderr: true,
+          inlineOutputFiles,
+        }),
+      );
+    } catch (err) {
+      if ((err as { code?: number }).code === grpc.status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  /** Uploads the blobs the server does not have (asking first); returns bytes sent. */
+  async uploadMissing(blobs: UploadableBlob[]): Promise<void> {
+    const unique = new Map(blobs.map((b) => [`${b.digest.hash}/${b.digest.sizeBytes}`, b]));
+    const all = [...unique.values()];
+    const missing: UploadableBlob[] = [];
+    for (let i = 0; i < all.length; i += 5000) {
+      const slice = all.slice(i, i + 5000);
+      const res = await infra(unary(this.cas, 'FindMissingBlobs', { instanceName: this.instanceName, blobDigests: slice.map((b) => b.digest) }));
+      for (const d of res.missingBlobDigests) missing.push(unique.get(`${d.hash}/${Number(d.sizeBytes)}`)!);
+    }
+    let batch: { digest: Digest; data: Buffer }[] = [];
+    let batchBytes = 0;
+    const flush = async () => {
+      if (!batch.length) return;
+      const res = await infra(unary(this.cas, 'BatchUpdateBlobs', { instanceName: this.instanceName, requests: batch }));
+      for (const r of res.responses) if (r.status?.code) throw new InfrastructureError(`upload of ${r.digest?.hash} failed: ${r.status.message}`);
+      batch = [];
+      batchBytes = 0;
+    };
+    for (const blob of missing) {
+      const data = await blob.read();
+      this.bytesUploaded += data.length;
+      if (data.length > BATCH_BYTES) {
+        await this.writeStream(blob.digest, data);
+        continue;
+      }
+      if (batchBytes + data.length > BATCH_BYTES) await flush();
+      batch.push({ digest: blob.digest, data });
+      batchBytes += data.length;
+    }
+    await flush();
+  }
+
+  private writeStream(digest: Digest, data: Buffer): Promise<void> {
+    const resourceName = `${this.instanceName ? this.instanceName + '/' : ''}uploads/${randomUUID()}/blobs/${digest.hash}/${digest.sizeBytes}`;
+    return infra(
+      new Promise<void>((resolve, reject) => {
+        const call = this.bytestream.Write((err) => (err ? reject(err) : resolve()));
+        for (let off = 0; off < data.length || off === 0; off += STREAM_CHUNK) {
+          const end = Math.min(off + STREAM_CHUNK, data.length);
+          call.write({ resourceName: off === 0 ? resourceName : '', writeOffset: off, data: data.subarray(off, end), finishWrite: end === data.length });
+          if (data.length === 0) break;
+        }
+        call.end();
+      }),
+    );
+  }
+
+  /** Runs the action (the server answers from its cache when it can) and waits for the result. */
+  async execute(actionDigest: Digest): Promise<ExecuteOutcome> {
+    const stream = this.exec.Execute({ instanceName: this.instanceName, actionDigest, skipCacheLookup: false });
+    let response: rex.ExecuteResponse | undefined;
+    try {
+      for await (const op of stream as AsyncIterable<{ done?: boolean; response?: { value?: Uint8Array | null } | null; error?: { code?: number; message?: string } | null }>) {
+        if (op.error) throw new InfrastructureError(`Execute failed: ${op.error.message}`);
+        if (op.done && op.response?.value) response = rex.ExecuteResponse.decode(op.response.value);
+      }
+    } catch (err) {
+      if (err instanceof InfrastructureError) throw err;
+      throw new InfrastructureError(`Execute: ${(err as Error).message}`);
+    }
+    if (!response) throw new InfrastructureError('Execute ended without a result');
+    return {
+      result: (response.result as rex.ActionResult | null) ?? undefined,
+      cachedResult: response.cachedResult ?? false,
+      status: { code: response.status?.code ?? 0, message: response.status?.message ?? '' },
+    };
+  }
+
+  /** Reads blobs; small ones in batches, large ones streamed. */
+  async read(digests: Digest[]): Promise<Map<string, Buffer>> {
+    const out = new Map<string, Buffer>();
+    const small = digests.filter((d) => d.sizeBytes <= BATCH_BYTES);
+    let batch: Digest[] = [];
+    let bytes = 0;
+    const flush = async () => {
+      if (!batch.length) return;
+      const res = await infra(unary(this.cas, 'BatchReadBlobs', { instanceName: this.instanceName, digests: batch }));
+      for (const r of res.responses) {
+        if (r.status?.code) throw new InfrastructureError(`reading blob ${r.digest?.hash}: ${r.status.message}`);
+        const data = Buffer.from(r.data ?? new Uint8Array());
+        this.bytesDownloaded += data.length;
+        out.set(r.digest!.hash!, data);
+      }
+      batch = [];
+      bytes = 0;
+    };
+    for (const d of small) {
+      if (bytes + d.sizeBytes > BATCH_BYTES) await flush();
+      batch.push(d);
+      bytes += d.sizeBytes;
+    }
+    await flush();
+    for (const d of digests.filter((x) => x.sizeBytes > BATCH_BYTES)) out.set(d.hash, await this.readStream(d));
+    return out;
+  }
+
+  private async readStream(digest: Digest): Promise<Buffer> {
+    const resourceName = `${this.instanceName ? this.instanceName + '/' : ''}blobs/${digest.hash}/${digest.sizeBytes}`;
+    const chunks: Buffer[] = [];
+    try {
+      for await (const r of this.bytestream.Read({ resourceName }) as AsyncIterable<{ data: Uint8Array }>) chunks.push(Buffer.from(r.data));
+    } catch (err) {
+      throw new InfrastructureError(`reading blob ${digest.hash}: ${(err as Error).message}`);
+    }
+    const data = Buffer.concat(chunks);
+    this.bytesDownloaded += data.length;
+    return data;
+  }
+}
+
+/** Marks transport failures (server down, refused, deadline) as infrastructure errors. */
+async function infra<T>(p: Promise<T>): Promise<T> {
+  try {
+    return await p;
+  } catch (err) {
+    const code = (err as { code?: number }).code;
+    if (code === grpc.status.NOT_FOUND) throw err;
+    throw new InfrastructureError(`${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,117 @@
+// The reapi-cc side of the shell shim's FIFO protocol (the front's side is in shell-shim.ts).
+// One session serves one `reapi-cc make`: requests from every recipe shell arrive on one FIFO,
+// each is answered on the recipe's own FIFO, and many object pipelines are in flight at once.
+import { execFileSync } from 'node:child_process';
+import { constants, promises as fs, openSync, closeSync, writeSync, mkdtempSync } from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { lineRunnerArgv } from './line-runner';
+import { JobOutcome, ObjectJob } from './object-job';
+import { parseObjectRecipe } from './recipe-parser';
+import { installFrontScript } from './shell-shim';
+
+export interface SessionOptions {
+  root: string;
+  run(job: ObjectJob): Promise<JobOutcome>;
+  warn(line: string): void;
+}
+
+export class MakeSession {
+  private readonly inFlight = new Set<Promise<void>>();
+  private socket?: net.Socket;
+
+  private constructor(
+    readonly dir: string,
+    readonly shellPath: string,
+    private readonly opts: SessionOptions,
+  ) {}
+
+  static async start(opts: SessionOptions): Promise<MakeSession> {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'reapi-cc-'));
+    const shellPath = await installFrontScript(dir);
+    const requests = path.join(dir, 'requests');
+    execFileSync('mkfifo', ['-m', '600', requests]);
+    const session = new MakeSession(dir, shellPath, opts);
+    // Read-write, so the FIFO never reports end-of-file between writers.
+    const fd = openSync(requests, constants.O_RDWR | constants.O_NONBLOCK);
+    const socket = new net.Socket({ fd, readable: true, writable: false });
+    session.socket = socket;
+    let pending = '';
+    socket.on('data', (chunk: Buffer) => {
+      pending += chunk.toString();
+      let nl: number;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        const space = line.indexOf(' ');
+        if (space <= 0) continue;
+        const task = session.serve(line.slice(0, space), line.slice(space + 1)).finally(() => session.inFlight.delete(task));
+        session.inFlight.add(task);
+      }
+    });
+    return session;
+  }
+
+  async close(): Promise<void> {
+    while (this.inFlight.size) await Promise.all([...this.inFlight]);
+    this.socket?.destroy();
+    await fs.rm(this.dir, { recursive: true, force: true });
+  }
+
+  private async serve(pid: string, cwd: string): Promise<void> {
+    if (!/^\d+$/.test(pid)) return;
+    const base = path.join(this.dir, pid);
+    let verdict = 'local';
+    try {
+      const [script, envText] = await Promise.all([fs.readFile(`${base}.script`, 'utf8'), fs.readFile(`${base}.env`, 'utf8')]);
+      await Promise.all([fs.rm(`${base}.script`, { force: true }), fs.rm(`${base}.env`, { force: true })]);
+      const recipe = parseObjectRecipe(script);
+      if (recipe) {
+        const outcome = await this.opts.run({
+          root: this.opts.root,
+          cwd,
+          argv: lineRunnerArgv(script),
+          compile: recipe.compile,
+          outputs: recipe.outputs,
+          candidates: recipe.candidateInputs,
+          env: parseEnv(envText),
+        });
+        if (outcome.kind === 'replay') {
+          if (outcome.stdout.length) await fs.writeFile(`${base}.1`, outcome.stdout);
+          if (outcome.stderr.length) await fs.writeFile(`${base}.2`, outcome.stderr);
+          verdict = `exit ${outcome.exitCode}`;
+        }
+      }
+    } catch (err) {
+      this.opts.warn(`reapi-cc: warning: ${(err as Error).message}; building locally`);
+      verdict = 'local';
+    }
+    answer(`${base}.fifo`, verdict);
+  }
+}
+
+/** Writes the verdict line to the recipe's FIFO (which it holds open) and removes the FIFO. */
+function answer(fifo: string, verdict: string): void {
+  try {
+    const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+    try {
+      writeSync(fd, `${verdict}\n`);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // The recipe shell is gone (make was interrupted): nobody to answer.
+  }
+  fs.rm(fifo, { force: true }).catch(() => undefined);
+}
+
+/** `env -0` output: NUL-terminated NAME=value entries. Pure. */
+export function parseEnv(text: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const entry of text.split('\0')) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return env;
+}

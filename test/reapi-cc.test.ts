@@ -1,0 +1,194 @@
+// reapi-cc on a small kbuild-like C project against a real `reapi serve`: object pipelines become
+// remote actions with the same bytes as a local build, come back from the cache after `make
+// clean`, change key exactly when their inputs change, replay compile errors, and fall back to
+// local builds when the server is gone.
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { REPO_ROOT, ServerProcess, startServerProcess, tempDir } from './helpers/server-process';
+
+const REAPI_CC = path.join(REPO_ROOT, 'dist', 'client', 'reapi-cc.js');
+const FIXTURE = path.join(REPO_ROOT, 'test', 'fixtures', 'kbuild-mini');
+/** Every file the object pipelines write and a local build must reproduce exactly. */
+const PIPELINE_OUTPUTS = ['app/main.o', 'lib/util.o', 'lib/math.o', 'lib/asm.o', 'app/.main.o.cmd', 'lib/.util.o.cmd', 'lib/.math.o.cmd', 'lib/.asm.o.cmd'];
+
+let server: ServerProcess;
+let tree: string;
+let stateDir: string;
+
+before(async () => {
+  server = await startServerProcess({ args: ['--worker', 'on'] });
+  // Not under /tmp: the worker mounts the input root at the tree's own path, and refuses
+  // system directories of the image (/tmp included) as that path.
+  const parent = path.join(REPO_ROOT, 'dist', 'test-trees');
+  fs.mkdirSync(parent, { recursive: true });
+  tree = fs.mkdtempSync(path.join(parent, 'kbuild-mini-'));
+  fs.cpSync(FIXTURE, tree, { recursive: true });
+  stateDir = tempDir('reapi-cc-state');
+});
+
+after(async () => {
+  await server.stop();
+  fs.rmSync(tree, { recursive: true, force: true });
+});
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function run(file: string, args: string[], env: NodeJS.ProcessEnv = {}): Run {
+  const r = spawnSync(file, args, {
+    cwd: tree,
+    env: { ...process.env, REAPI_SERVER: `grpc://${server.address}`, REAPI_CC_STATE: stateDir, ...env },
+    encoding: 'utf8',
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function make(...args: string[]): Run {
+  return run('make', args);
+}
+
+function reapiCc(...args: string[]): Run {
+  return run(process.execPath, [REAPI_CC, ...args]);
+}
+
+function ok(r: Run): Run {
+  assert.equal(r.status, 0, `exit ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
+  return r;
+}
+
+function sums(): Record<string, string> {
+  return Object.fromEntries(PIPELINE_OUTPUTS.map((p) => [p, createHash('sha256').update(fs.readFileSync(path.join(tree, p))).digest('hex')]));
+}
+
+function stats(): Record<string, number> {
+  const text = ok(reapiCc('--stats')).stdout;
+  const num = (label: string) => Number(new RegExp(`^\\s*${label}\\s+(\\d+)`, 'm').exec(text)?.[1]);
+  return { hits: num('Hits'), misses: num('Misses'), remoteRuns: num('Remote runs'), localFallbacks: num('Local fallbacks'), failures: num('Failed \\(compile errors\\)') };
+}
+
+let plainSums: Record<string, string>;
+
+test('reapi-cc make -j8 builds every object remotely, byte-identical to plain make at the same path', () => {
+  ok(make('-j8'));
+  plainSums = sums();
+  assert.equal(ok(run(path.join(tree, 'app', 'mini'), [])).stdout, 'kbuild-mini built from lib/util.c: 6 9 42\n');
+  ok(make('clean'));
+
+  ok(reapiCc('--zero-stats'));
+  const r = ok(reapiCc('make', '-j8'));
+  assert.match(r.stdout, /CC {6}lib\/util\.o/, 'the recipe\'s own echo is replayed');
+  assert.deepEqual(sums(), plainSums);
+  assert.deepEqual(stats(), { hits: 0, misses: 4, remoteRuns: 4, localFallbacks: 0, failures: 0 });
+  assert.equal(ok(run(path.join(tree, 'app', 'mini'), [])).stdout, 'kbuild-mini built from lib/util.c: 6 9 42\n');
+});
+
+test('after make clean every object pipeline is a cache hit, with the same bytes', () => {
+  ok(make('clean'));
+  ok(reapiCc('--zero-stats'));
+  ok(reapiCc('make', '-j8'));
+  assert.deepEqual(sums(), plainSums);
+  assert.deepEqual(stats(), { hits: 4, misses: 0, remoteRuns: 0, localFallbacks: 0, failures: 0 });
+  const explained = ok(reapiCc('--explain', 'lib/util.o')).stdout;
+  assert.match(explained, /lib\/util\.o: last lookup hit/);
+});
+
+test('a no-op rebuild sends nothing to reapi-cc; the shell shim answers `:` and plain recipes itself', () => {
+  ok(reapiCc('--zero-stats'));
+  ok(reapiCc('make', '-j8'));
+  assert.deepEqual(stats(), { hits: 0, misses: 0, remoteRuns: 0, localFallbacks: 0, failures: 0 });
+
+  // The front script alone, with an environment in which no node could even be found.
+  const shim = path.join(tempDir('shim'), 'sh');
+  const { frontScript } = require(path.join(REPO_ROOT, 'dist', 'client', 'shell-shim.js')) as typeof import('../client/shell-shim');
+  fs.writeFileSync(shim, frontScript(), { mode: 0o755 });
+  const bare = (script: string) => spawnSync(shim, ['-c', script], { env: { PATH: '/nonexistent' }, encoding: 'utf8' });
+  assert.equal(bare(':').status, 0);
+  assert.equal(bare("trap 'rm -f x; trap - HUP; kill -s HUP $$' HUP").status, 0);
+  assert.equal(bare('exit 3').status, 3);
+  // .ONESHELL scripts keep make's per-line meaning: a failing line ends the recipe with its status.
+  const lines = bare('echo one\n/bin/sh -c "exit 4"\necho never');
+  assert.equal(lines.status, 4);
+  assert.equal(lines.stdout, 'one\n');
+});
+
+test('changing a header changes exactly the keys of the objects that include it; --explain names it', () => {
+  fs.appendFileSync(path.join(tree, 'include', 'mini', 'math.h'), '/* changed */\n');
+  ok(make('clean'));
+  ok(reapiCc('--zero-stats'));
+  ok(reapiCc('make', '-j8'));
+  assert.deepEqual(stats(), { hits: 2, misses: 2, remoteRuns: 2, localFallbacks: 0, failures: 0 });
+  for (const object of ['app/main.o', 'lib/math.o']) {
+    const explained = ok(reapiCc('--explain', object)).stdout;
+    assert.match(explained, /last lookup missed/, explained);
+    assert.match(explained, /input changed: include\/mini\/math\.h/, explained);
+    assert.doesNotMatch(explained, /input changed: (?!include\/mini\/math\.h)/, explained);
+  }
+  for (const object of ['lib/util.o', 'lib/asm.o']) assert.match(ok(reapiCc('--explain', object)).stdout, /last lookup hit/);
+  // The rebuilt objects still match a plain build of the changed tree.
+  const remote = sums();
+  ok(make('clean'));
+  ok(make('-j8'));
+  assert.deepEqual(sums(), remote);
+  plainSums = remote;
+});
+
+test("a compile error shows gcc's message, and make fails with the same status as without reapi-cc", () => {
+  const source = path.join(tree, 'lib', 'math.c');
+  const good = fs.readFileSync(source, 'utf8');
+  fs.writeFileSync(source, good.replace('return x * x;', 'return x * ;'));
+  try {
+    ok(make('clean'));
+    const plain = make('-j8');
+    ok(make('clean'));
+    ok(reapiCc('--zero-stats'));
+    const remote = reapiCc('make', '-j8');
+    assert.notEqual(plain.status, 0);
+    assert.equal(remote.status, plain.status);
+    const gccLines = (s: string) => s.split('\n').filter((l) => /^lib\/math\.c|^\s+\d+ \||^\s+\|/.test(l));
+    assert.ok(gccLines(plain.stderr).length > 0, plain.stderr);
+    assert.deepEqual(gccLines(remote.stderr), gccLines(plain.stderr));
+    assert.match(remote.stderr, /lib\/math\.c:3:\d+: error: expected expression before .;. token/);
+    assert.doesNotMatch(remote.stderr, /No such file/, 'the steps after the failed compile did not run');
+    assert.equal(stats().failures, 1);
+    assert.equal(fs.existsSync(path.join(tree, 'lib', 'math.o')), false, 'no object is left behind');
+  } finally {
+    fs.writeFileSync(source, good);
+  }
+});
+
+test('the wrapper mode caches and runs single compile commands (make CC="reapi-cc gcc")', () => {
+  ok(make('clean'));
+  ok(reapiCc('--zero-stats'));
+  const args = ['gcc', '-O2', '-g', '-Iinclude', '-MD', '-c', '-o', 'lib/math.o', 'lib/math.c'];
+  ok(run('gcc', args.slice(1)));
+  const local = fs.readFileSync(path.join(tree, 'lib', 'math.o'));
+  const localDeps = fs.readFileSync(path.join(tree, 'lib', 'math.d'), 'utf8');
+  fs.rmSync(path.join(tree, 'lib', 'math.o'));
+  ok(reapiCc(...args));
+  ok(reapiCc(...args));
+  assert.deepEqual(fs.readFileSync(path.join(tree, 'lib', 'math.o')), local);
+  assert.equal(fs.readFileSync(path.join(tree, 'lib', 'math.d'), 'utf8'), localDeps);
+  assert.deepEqual(stats(), { hits: 1, misses: 1, remoteRuns: 1, localFallbacks: 0, failures: 0 });
+  // Not a compile: runs locally, untouched.
+  assert.match(ok(reapiCc('gcc', '--version')).stdout, /gcc/);
+  fs.rmSync(path.join(tree, 'lib', 'math.d'));
+});
+
+test('with the server stopped the build still succeeds locally, after one warning line', async () => {
+  await server.stop();
+  ok(make('clean'));
+  ok(reapiCc('--zero-stats'));
+  const r = ok(reapiCc('make', '-j8'));
+  const warnings = r.stderr.split('\n').filter((l) => l.startsWith('reapi-cc: warning'));
+  assert.equal(warnings.length, 1, r.stderr);
+  assert.match(warnings[0], /unreachable.*building locally/);
+  assert.deepEqual(sums(), plainSums);
+  assert.equal(stats().localFallbacks, 4);
+});
