@@ -1,7 +1,9 @@
 // Option parsing and start-up checks shared by `reapi serve` and `reapi worker`.
 import * as os from 'node:os';
 import { connectRedis } from '../scheduler/redis-connection';
+import { parseListenAddress } from '../server/http-endpoints';
 import type { SandboxMode } from '../worker/docker-worker';
+import { DEFAULT_MAX_ACTION_OUTPUT_BYTES } from '../cas/limits';
 
 export const DEFAULT_IMAGE = 'reapi-toolchain:bookworm';
 
@@ -11,12 +13,27 @@ export const WORKER_OPTIONS = {
   concurrency: { type: 'string', default: String(os.cpus().length) },
   strict: { type: 'boolean', default: false },
   platform: { type: 'string', default: 'OSFamily=Linux' },
+  'max-output-bytes': { type: 'string', default: String(DEFAULT_MAX_ACTION_OUTPUT_BYTES) },
 } as const;
 
 export const WORKER_USAGE = `      --image          container image for actions that name none (default ${DEFAULT_IMAGE})
       --concurrency    actions at once (default: number of CPUs)
       --strict         a fresh container for every action instead of warm ones
-      --platform       properties this worker offers, name=value,... (default OSFamily=Linux)`;
+      --platform       properties this worker offers, name=value,... (default OSFamily=Linux)
+      --max-output-bytes
+                       an action whose stdout or stderr grows past this is killed and fails with
+                       RESOURCE_EXHAUSTED (default 1G; K/M/G/T suffixes)`;
+
+/** --metrics-listen, the same for `reapi serve` and `reapi worker`. */
+export const METRICS_USAGE = `      --metrics-listen HOST:PORT
+                       serve HTTP for Prometheus and probes (default: off; port 0 picks a free port):
+                       /metrics, /healthz (alive), /readyz (503 naming the dependency that does not answer)`;
+
+/** The --metrics-listen value, checked for shape before anything starts. */
+export function metricsListen(value: string | undefined): string | undefined {
+  if (value !== undefined) parseListenAddress(value);
+  return value;
+}
 
 export const ENVIRONMENT_USAGE = `environment:
   REAPI_LOG=debug|info|warn|error   log threshold (default warn)

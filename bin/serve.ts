@@ -2,7 +2,8 @@
 // several servers and workers) and, by default, a Docker worker in the same process.
 import { parseArgs } from 'node:util';
 import * as path from 'node:path';
-import { openStorageFromFlags } from '../server/storage-config';
+import { openStorageFromFlags, parseBytes } from '../server/storage-config';
+import { DEFAULT_CLIENT_LIMITS } from '../cas/limits';
 import { ActionQueue } from '../scheduler/action-queue';
 import { BullMqActionQueue } from '../scheduler/bullmq-action-queue';
 import { MemoryActionQueue } from '../scheduler/memory-action-queue';
@@ -17,10 +18,14 @@ import { TOKENS_FILE_FORMAT, loadTokensFile } from '../server/auth-tokens';
 import { log } from '../server/log';
 import { dockerAvailable } from '../worker/docker-available';
 import { DockerImageResolver } from '../worker/image-resolver';
-import { WORKER_OPTIONS, WORKER_USAGE, checkRedis, positiveInteger, queueLockMsFromEnv, redisUrl } from './options';
+import { Metrics, ServerMetrics, WorkerMetrics } from '../server/metrics';
+import { startHttpEndpoints } from '../server/http-endpoints';
+import { ReadinessCheck, dockerCheck, redisCheck } from '../server/readiness';
+import { METRICS_USAGE, WORKER_OPTIONS, WORKER_USAGE, checkRedis, metricsListen, positiveInteger, queueLockMsFromEnv, redisUrl } from './options';
 
 export const SERVE_USAGE = `  reapi serve [--listen HOST:PORT] [--data DIR] [--storage SPEC | --storage-config FILE] [--redis URL] [--no-ac-updates] [--worker auto|on|off]
-              [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--tokens FILE] [worker options]
+              [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--tokens FILE]
+              [--max-blob-bytes N] [--write-idle-seconds N] [--max-concurrent-streams N] [--metrics-listen HOST:PORT] [worker options]
       --listen         address to serve gRPC on (default 127.0.0.1:8980; port 0 picks a free port)
       --data           data directory for blobs, action results and the worker (default ./.data);
                        servers sharing one --redis must share this directory too, or one S3 --storage
@@ -46,8 +51,18 @@ export const SERVE_USAGE = `  reapi serve [--listen HOST:PORT] [--data DIR] [--s
                        "" the default instance, "*" all; updateActionCache: may call UpdateActionResult;
                        execute: may Execute and cancel/delete operations; role "worker" (farm workers):
                        may store results on its instances, even with --no-ac-updates. docs/security.md
+      --max-blob-bytes largest blob a client may upload or ask about; larger ones are refused with
+                       RESOURCE_EXHAUSTED naming the limit (default 64G; K/M/G/T suffixes)
+      --write-idle-seconds
+                       a ByteStream Write that sends nothing for this long is cancelled (DEADLINE_EXCEEDED);
+                       the bytes received are kept for a resume (default 60)
+      --max-concurrent-streams
+                       calls one client connection may have open at once; more wait (default 256)
       --worker         run actions in a local Docker worker: auto (if Docker answers), on, off;
                        with --redis and off, the server only schedules
+${METRICS_USAGE}
+                       /readyz checks Redis (with --redis), storage (the bucket answers, the local
+                       directory is writable) and Docker (with a local worker)
     worker options:
 ${WORKER_USAGE}`;
 
@@ -67,14 +82,25 @@ export async function serve(argv: string[]): Promise<void> {
       'tls-key': { type: 'string' },
       'tls-client-ca': { type: 'string' },
       tokens: { type: 'string' },
+      'max-blob-bytes': { type: 'string', default: String(DEFAULT_CLIENT_LIMITS.maxBlobBytes) },
+      'write-idle-seconds': { type: 'string', default: String(DEFAULT_CLIENT_LIMITS.writeIdleMs / 1000) },
+      'max-concurrent-streams': { type: 'string', default: String(DEFAULT_CLIENT_LIMITS.maxConcurrentStreams) },
       worker: { type: 'string', default: 'auto' },
+      'metrics-listen': { type: 'string' },
       ...WORKER_OPTIONS,
     },
   });
   const workerMode = values.worker;
   if (!['auto', 'on', 'off'].includes(workerMode)) throw new Error(`--worker must be auto, on or off, not ${JSON.stringify(workerMode)}`);
   const concurrency = positiveInteger(values.concurrency, '--concurrency');
+  const maxOutputBytes = parseBytes(values['max-output-bytes'], '--max-output-bytes');
+  const limits = {
+    maxBlobBytes: parseBytes(values['max-blob-bytes'], '--max-blob-bytes'),
+    writeIdleMs: positiveInteger(values['write-idle-seconds'], '--write-idle-seconds') * 1000,
+    maxConcurrentStreams: positiveInteger(values['max-concurrent-streams'], '--max-concurrent-streams'),
+  };
   const redis = values.redis === undefined ? undefined : redisUrl(values.redis);
+  const metricsAddress = metricsListen(values['metrics-listen']);
   const withWorker = workerMode === 'on' || (workerMode === 'auto' && (await dockerAvailable()));
   if (workerMode === 'on' && !withWorker) throw new Error('--worker on, but Docker does not answer on /var/run/docker.sock');
   if (workerMode === 'auto' && !withWorker) {
@@ -93,17 +119,20 @@ export async function serve(argv: string[]): Promise<void> {
 
   const listen = values.listen;
   const host = listen.slice(0, listen.lastIndexOf(':'));
-  const { storage, description: storageDescription } = await openStorageFromFlags({ storage: values.storage, storageConfig: values['storage-config'], data: values.data });
+  const { storage, description: storageDescription, checkReachable } = await openStorageFromFlags({ storage: values.storage, storageConfig: values['storage-config'], data: values.data });
   const scheduler = redis ? redisScheduler(redis) : withWorker ? memoryScheduler() : undefined;
   // Image IDs are looked up in this host's Docker, which only means something when actions run here.
   const images = withWorker ? new DockerImageResolver() : undefined;
+  const metrics = metricsAddress === undefined ? undefined : new Metrics();
   const running = await startServer(listen, {
+    metrics: metrics && new ServerMetrics(metrics),
     storage,
     allowActionCacheUpdates: !values['no-ac-updates'],
     access,
     tls,
     scheduler,
     resolveImage: images && ((name) => images.resolve(name)),
+    limits,
   });
   let worker: DockerWorker | undefined;
   if (scheduler && images) {
@@ -114,21 +143,29 @@ export async function serve(argv: string[]): Promise<void> {
       workDir: path.join(path.resolve(values.data), 'worker'),
       defaultImage: values.image,
       concurrency,
+      maxOutputBytes,
       strict: values.strict,
       platform: values.platform,
       images,
+      observer: metrics && new WorkerMetrics(metrics),
     });
   }
+  const checks: ReadinessCheck[] = [{ name: 'storage', check: checkReachable }];
+  if (redis) checks.push(redisCheck(redis));
+  if (worker) checks.push(dockerCheck());
+  const endpoints = metrics && metricsAddress !== undefined ? await startHttpEndpoints(metricsAddress, { metrics, checks }) : undefined;
   const execution = worker ? `, executing in ${values.image} x${concurrency}` : '';
   const queue = redis ? `, queue on ${redis}` : '';
   const trust = `${tls ? (tls.clientCa ? ', mutual TLS' : ', TLS') : ''}${access.requiresTokens ? ', tokens required' : ''}`;
-  process.stdout.write(`reapi: listening on ${host}:${running.port} (${storageDescription}${queue}${execution}${trust})\n`);
+  const metricsOn = endpoints ? `, metrics on ${endpoints.address}` : '';
+  process.stdout.write(`reapi: listening on ${host}:${running.port} (${storageDescription}${queue}${execution}${trust})${metricsOn}\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info('shutting down', { signal });
     Promise.all([running.shutdown(), worker?.drain()])
+      .then(() => endpoints?.close())
       .then(() => Promise.allSettled([scheduler?.queue.close(), scheduler?.operations.close()]))
       .then(() => process.exit(0));
   };

@@ -5,13 +5,28 @@ import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { log } from '../server/log';
+import { parseBytes } from '../server/storage-config';
 import { dockerAvailable } from '../worker/docker-available';
 import { startStandaloneWorker } from '../worker/standalone-worker';
-import { SANDBOX_USAGE, WORKER_OPTIONS, WORKER_USAGE, checkRedis, positiveInteger, queueLockMsFromEnv, redisUrl, sandboxMode } from './options';
+import { Metrics, WorkerMetrics } from '../server/metrics';
+import { startHttpEndpoints } from '../server/http-endpoints';
+import { ReadinessCheck, dockerCheck, redisCheck, writableDirCheck } from '../server/readiness';
+import {
+  METRICS_USAGE,
+  SANDBOX_USAGE,
+  WORKER_OPTIONS,
+  WORKER_USAGE,
+  checkRedis,
+  metricsListen,
+  positiveInteger,
+  queueLockMsFromEnv,
+  redisUrl,
+  sandboxMode,
+} from './options';
 
 export const WORKER_COMMAND_USAGE = `  reapi worker --server grpc[s]://HOST:PORT --redis redis://HOST:PORT [--work-dir DIR] [--name NAME]
                [--tls-ca FILE] [--tls-client-cert FILE --tls-client-key FILE] [--token-file FILE]
-               [--sandbox docker|process] [worker options]
+               [--sandbox docker|process] [--metrics-listen HOST:PORT] [worker options]
       --server         a reapi server of the farm: blobs are read and written there, results stored there;
                        grpcs:// for a server with --tls-cert
       --tls-ca         PEM CA certificate to trust for a grpcs:// server (default: the system's roots)
@@ -24,6 +39,8 @@ export const WORKER_COMMAND_USAGE = `  reapi worker --server grpc[s]://HOST:PORT
       --work-dir       file cache and action directories, one per worker (default ./.worker)
       --name           how operations and results name this worker (default HOSTNAME/worker-PID)
 ${SANDBOX_USAGE}
+${METRICS_USAGE}
+                       /readyz checks the server, Redis, the work dir and, with --sandbox docker, Docker
     worker options:
 ${WORKER_USAGE}
     SIGTERM or SIGINT: take nothing new, finish the running actions, exit 0`;
@@ -42,12 +59,14 @@ export async function worker(argv: string[]): Promise<void> {
       'token-file': { type: 'string' },
       sandbox: { type: 'string', default: 'docker' },
       'sandbox-uid': { type: 'string' },
+      'metrics-listen': { type: 'string' },
       ...WORKER_OPTIONS,
     },
   });
   if (!values.server) throw new Error('--server grpc://HOST:PORT or grpcs://HOST:PORT is required');
   if (!values.redis) throw new Error('--redis redis://HOST:PORT is required');
   const redis = redisUrl(values.redis);
+  const metricsAddress = metricsListen(values['metrics-listen']);
   const concurrency = positiveInteger(values.concurrency, '--concurrency');
   const token = workerToken(values['token-file']);
   const sandbox = sandboxMode(values.sandbox);
@@ -59,34 +78,45 @@ export async function worker(argv: string[]): Promise<void> {
   const actionUid = values['sandbox-uid'] === undefined ? undefined : positiveInteger(values['sandbox-uid'], '--sandbox-uid');
   await checkRedis(redis);
 
+  const metrics = metricsAddress === undefined ? undefined : new Metrics();
+  const workDir = path.resolve(values['work-dir']);
   const running = await startStandaloneWorker({
     server: values.server,
     tls: { ca: values['tls-ca'], clientCert: values['tls-client-cert'], clientKey: values['tls-client-key'] },
     token,
     redis,
     name: values.name,
-    workDir: path.resolve(values['work-dir']),
+    workDir,
     defaultImage: values.image,
     concurrency,
+    maxOutputBytes: parseBytes(values['max-output-bytes'], '--max-output-bytes'),
     strict: values.strict,
     platform: values.platform,
     sandbox,
     actionUid,
     queueLockMs: queueLockMsFromEnv(),
+    observer: metrics && new WorkerMetrics(metrics),
   });
-  process.stdout.write(`reapi worker: ${values.name} taking actions for ${values.platform} from ${redis}\n`);
+  const checks: ReadinessCheck[] = [{ name: 'server', check: () => running.checkServer() }, redisCheck(redis), writableDirCheck('workdir', workDir)];
+  if (sandbox === 'docker') checks.push(dockerCheck());
+  const endpoints = metrics && metricsAddress !== undefined ? await startHttpEndpoints(metricsAddress, { metrics, checks }) : undefined;
+  const metricsOn = endpoints ? `, metrics on ${endpoints.address}` : '';
+  process.stdout.write(`reapi worker: ${values.name} taking actions for ${values.platform} from ${redis}${metricsOn}\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info('draining: finishing running actions, taking no new ones', { signal });
-    running.drain().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.error('drain failed', { err });
-        process.exit(1);
-      },
-    );
+    running
+      .drain()
+      .then(() => endpoints?.close())
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error('drain failed', { err });
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));

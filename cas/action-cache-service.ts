@@ -21,6 +21,8 @@ export interface ActionCachePolicy {
    * the image it ran in is served only while the name still resolves to that same image.
    */
   resolveImage?: (name: string) => Promise<string | undefined>;
+  /** Told the outcome of every lookup (GetActionResult and Execute's), for the hit ratio. */
+  onLookup?: (result: 'hit' | 'miss') => void;
 }
 
 const CONTAINER_IMAGE_TYPE = 'type.googleapis.com/reapi.ContainerImage';
@@ -45,6 +47,12 @@ export class ActionCacheService {
 
   /** The cached result if it exists and every blob it references is present; else undefined. */
   async lookup(instance: string, actionDigest: Digest): Promise<rex.ActionResult | undefined> {
+    const result = await this.completeResult(instance, actionDigest);
+    this.policy.onLookup?.(result ? 'hit' : 'miss');
+    return result;
+  }
+
+  private async completeResult(instance: string, actionDigest: Digest): Promise<rex.ActionResult | undefined> {
     const encoded = await this.storage.actionCache(instance).get(actionDigest);
     if (!encoded) return undefined;
     let result: rex.ActionResult;

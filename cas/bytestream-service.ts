@@ -4,14 +4,19 @@ import { Readable } from 'node:stream';
 import { bytestream } from '../apis';
 import { Storage } from './blob-store';
 import { digestKey } from './digest';
-import { READ_CHUNK_BYTES } from './limits';
+import { DEFAULT_CLIENT_LIMITS, READ_CHUNK_BYTES, checkBlobSize } from './limits';
 import { parseReadResource, parseWriteResource } from './resource-name';
 import { UploadSessions, UploadWriter } from './upload-sessions';
 import { compressStream } from './zstd';
 import { RpcError, invalidArgument, notFound } from '../server/rpc-error';
+import { UndecodableRequest, checkDecoded } from '../server/request-decoding';
 
 export class ByteStreamService {
-  constructor(private readonly storage: Storage, private readonly uploads: UploadSessions) {}
+  constructor(
+    private readonly storage: Storage,
+    private readonly uploads: UploadSessions,
+    private readonly limits: { maxBlobBytes: number; writeIdleMs: number } = DEFAULT_CLIENT_LIMITS,
+  ) {}
 
   /** The chunks to send for a Read, each at most READ_CHUNK_BYTES. */
   async *read(req: bytestream.ReadRequest): AsyncGenerator<Buffer> {
@@ -35,14 +40,16 @@ export class ByteStreamService {
     for await (const chunk of rechunk(chunks)) yield chunk;
   }
 
-  async write(requests: AsyncIterable<bytestream.WriteRequest>): Promise<bytestream.WriteResponse.$Properties> {
+  async write(requests: AsyncIterable<bytestream.WriteRequest | UndecodableRequest>): Promise<bytestream.WriteResponse.$Properties> {
     let writer: UploadWriter | undefined;
     let resourceName = '';
     try {
-      for await (const req of requests) {
+      for await (const received of idleLimited(requests, this.limits.writeIdleMs, () => resourceName)) {
+        const req = checkDecoded(received);
         if (!writer) {
           resourceName = req.resourceName;
           const res = parseWriteResource(resourceName);
+          checkBlobSize(res.digest, this.limits.maxBlobBytes, `Write ${JSON.stringify(resourceName)}: blob`);
           if (req.writeOffset < 0) throw invalidArgument(`write_offset ${req.writeOffset} is negative`);
           writer = await this.uploads.open(res, req.writeOffset);
           if (!writer) return { committedSize: res.compressor === 'identity' ? res.digest.sizeBytes : -1 };
@@ -67,6 +74,49 @@ export class ByteStreamService {
 
   async queryWriteStatus(req: bytestream.QueryWriteStatusRequest): Promise<bytestream.QueryWriteStatusResponse.$Properties> {
     return this.uploads.queryWriteStatus(parseWriteResource(req.resourceName));
+  }
+}
+
+/**
+ * Passes messages through, failing with DEADLINE_EXCEEDED when none arrives for `idleMs`: a
+ * client that opens a Write and goes quiet must not hold a session and a file handle forever.
+ */
+async function* idleLimited<T>(source: AsyncIterable<T>, idleMs: number, resource: () => string): AsyncGenerator<T> {
+  const it = source[Symbol.asyncIterator]();
+  let finished = false;
+  try {
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined;
+      const idle = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          const name = resource();
+          reject(
+            new RpcError(
+              status.DEADLINE_EXCEEDED,
+              `Write stream${name ? ` for ${JSON.stringify(name)}` : ''} sent nothing for ${idleMs} ms and was cancelled (idle limit, --write-idle-seconds); ` +
+                'the bytes received so far are kept: QueryWriteStatus tells where to resume',
+            ),
+          );
+        }, idleMs);
+      });
+      let next: IteratorResult<T>;
+      try {
+        const pending = it.next();
+        pending.catch(() => undefined); // still pending after a timeout: its failure is nobody's
+        next = await Promise.race([pending, idle]);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (next.done) {
+        finished = true;
+        return;
+      }
+      yield next.value;
+    }
+  } finally {
+    // Not awaited: after an idle timeout the source still has a read pending, which only the
+    // call's end (the status the handler is about to send) settles.
+    if (!finished) void Promise.resolve(it.return?.()).catch(() => undefined);
   }
 }
 

@@ -5,7 +5,7 @@ import { rex } from '../apis';
 import { Storage } from './blob-store';
 import { Digest, digestKey, validateDigest } from './digest';
 import { requireSha256 } from './digest-function';
-import { DEFAULT_TREE_PAGE, MAX_BATCH_TOTAL_BYTES, MAX_TREE_PAGE } from './limits';
+import { DEFAULT_CLIENT_LIMITS, DEFAULT_TREE_PAGE, MAX_BATCH_TOTAL_BYTES, MAX_TREE_PAGE, MAX_TREE_PAGE_BYTES, checkBlobSize } from './limits';
 import { validateInstanceName } from './resource-name';
 import { TreeWalker } from './tree-walker';
 import { decompressExact } from './zstd';
@@ -16,7 +16,10 @@ type Compressor = rex.Compressor.Value;
 export class CasService {
   private readonly trees: TreeWalker;
 
-  constructor(private readonly storage: Storage) {
+  constructor(
+    private readonly storage: Storage,
+    private readonly limits: { maxBlobBytes: number } = DEFAULT_CLIENT_LIMITS,
+  ) {
     this.trees = new TreeWalker(storage);
   }
 
@@ -24,6 +27,8 @@ export class CasService {
     requireSha256(req.digestFunction);
     const instance = validateInstanceName(req.instanceName);
     const digests = req.blobDigests.map((d, i) => validateDigest(d, `blob_digests[${i}]`));
+    // A blob this server would refuse to store can never be uploaded: say so instead of "missing".
+    digests.forEach((d, i) => checkBlobSize(d, this.limits.maxBlobBytes, `blob_digests[${i}]`));
     return { missingBlobDigests: await this.storage.cas(instance).findMissing(digests) };
   }
 
@@ -40,6 +45,7 @@ export class CasService {
         const digest = r.digest ?? undefined;
         try {
           const d = validateDigest(r.digest, `requests[${i}].digest`);
+          checkBlobSize(d, this.limits.maxBlobBytes, `requests[${i}].digest`);
           await cas.put(d, decodeBatchData(d, Buffer.from(r.data ?? []), r.compressor ?? 0));
           return { digest, status: { code: status.OK } };
         } catch (err) {
@@ -79,7 +85,14 @@ export class CasService {
     const pageSize = Math.min(req.pageSize || DEFAULT_TREE_PAGE, MAX_TREE_PAGE);
     const start = parsePageToken(req.pageToken, root);
     const order = await this.trees.breadthFirst(instance, root);
-    const page = order.slice(start, start + pageSize);
+    // Bounded in bytes too: a page of large Directory messages must still fit one gRPC message.
+    const page: typeof order = [];
+    let pageBytes = 0;
+    for (const entry of order.slice(start, start + pageSize)) {
+      if (page.length > 0 && pageBytes + entry.size > MAX_TREE_PAGE_BYTES) break;
+      page.push(entry);
+      pageBytes += entry.size;
+    }
     const next = start + page.length;
     return {
       directories: page.map((entry) => entry.directory),

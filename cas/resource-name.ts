@@ -42,7 +42,7 @@ export function parseReadResource(resourceName: string): BlobResource {
   if (at < 0 || (segments[at] !== 'blobs' && segments[at] !== 'compressed-blobs')) {
     throw malformed(resourceName, '{instance}/blobs/{hash}/{size} or {instance}/compressed-blobs/{compressor}/{hash}/{size}');
   }
-  return parseBlobPart(resourceName, segments.slice(0, at).join('/'), segments.slice(at));
+  return parseBlobPart(resourceName, instancePart(resourceName, segments, at), segments.slice(at));
 }
 
 export function parseWriteResource(resourceName: string): BlobResource & { uploadId: string } {
@@ -56,7 +56,7 @@ export function parseWriteResource(resourceName: string): BlobResource & { uploa
   }
   const rest = segments.slice(at + 2);
   if (rest[0] !== 'blobs' && rest[0] !== 'compressed-blobs') throw malformed(resourceName, expected);
-  return { ...parseBlobPart(resourceName, segments.slice(0, at).join('/'), rest), uploadId };
+  return { ...parseBlobPart(resourceName, instancePart(resourceName, segments, at), rest), uploadId };
 }
 
 export function readResourceName(instanceName: string, digest: Digest, compressor: Compressor = 'identity'): string {
@@ -68,6 +68,13 @@ export function readResourceName(instanceName: string, digest: Digest, compresso
 export function writeResourceName(instanceName: string, uploadId: string, digest: Digest, compressor: Compressor = 'identity'): string {
   const prefix = instanceName ? `${instanceName}/` : '';
   return `${prefix}uploads/${uploadId}/${readResourceName('', digest, compressor)}`;
+}
+
+/** The instance name before the reserved segment at `at`; "/blobs/..." names no instance, not the default one. */
+function instancePart(resourceName: string, segments: string[], at: number): string {
+  const instance = segments.slice(0, at).join('/');
+  if (at > 0 && instance === '') throw invalidArgument(`resource name ${JSON.stringify(resourceName)} starts with '/'; the default instance is named by nothing ("blobs/...")`);
+  return instance;
 }
 
 function splitResource(resourceName: string): string[] {

@@ -87,6 +87,17 @@ export class S3Storage implements Storage {
     return storage;
   }
 
+  /** Resolves when the bucket answers (readiness); otherwise throws, naming it. */
+  async checkBucket(): Promise<void> {
+    let exists: boolean;
+    try {
+      exists = await this.bucket.exists();
+    } catch (err) {
+      throw new Error(`S3 at ${this.describe()}: cannot reach the bucket: ${(err as Error).message}`, { cause: err });
+    }
+    if (!exists) throw new Error(`S3 at ${this.describe()}: bucket ${this.options.bucket} does not exist`);
+  }
+
   /** s3://HOST:PORT/BUCKET/PREFIX, without credentials. */
   describe(): string {
     const scheme = this.options.useSSL ? 's3' : 's3+http';
@@ -122,6 +133,10 @@ export class S3Storage implements Storage {
 /** The minio calls this storage makes, each failure turned into an error naming bucket and key. */
 class S3Bucket {
   constructor(private readonly client: Client, readonly name: string) {}
+
+  exists(): Promise<boolean> {
+    return this.client.bucketExists(this.name);
+  }
 
   /** The object's size, or undefined if there is no such object. */
   async size(key: string): Promise<number | undefined> {

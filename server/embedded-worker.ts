@@ -8,6 +8,7 @@ import { OperationStore } from '../scheduler/operation-store';
 import { DockerWorker, startDockerWorker } from '../worker/docker-worker';
 import { ImageResolver } from '../worker/image-resolver';
 import { LocalContentAccess } from '../worker/local-content-access';
+import { WorkerObserver } from '../worker/worker-metrics';
 
 export interface EmbeddedWorkerOptions {
   storage: Storage;
@@ -17,10 +18,14 @@ export interface EmbeddedWorkerOptions {
   images: ImageResolver;
   defaultImage: string;
   concurrency: number;
+  /** stdout/stderr limit of each action (default DEFAULT_MAX_ACTION_OUTPUT_BYTES). */
+  maxOutputBytes?: number;
   strict: boolean;
   platform: string;
   /** The worker's file cache and action directories. */
   workDir: string;
+  /** Told when actions start and finish (metrics). */
+  observer?: WorkerObserver;
 }
 
 export function startEmbeddedWorker(opts: EmbeddedWorkerOptions): Promise<DockerWorker> {

@@ -1,7 +1,6 @@
 // Assembles the gRPC server: storage, service logic, and the handlers that expose them.
 import * as grpc from '@grpc/grpc-js';
 import {
-  addService,
   ActionCacheService as AcDef,
   ByteStreamService as BsDef,
   CapabilitiesService as CapsDef,
@@ -18,13 +17,16 @@ import { ActionCacheService } from '../cas/action-cache-service';
 import { Storage } from '../cas/blob-store';
 import { ByteStreamService } from '../cas/bytestream-service';
 import { CasService } from '../cas/cas-service';
-import { MAX_GRPC_MESSAGE_BYTES } from '../cas/limits';
+import { ClientLimits, DEFAULT_CLIENT_LIMITS, MAX_GRPC_MESSAGE_BYTES } from '../cas/limits';
 import { UploadSessions } from '../cas/upload-sessions';
 import { CapabilitiesService } from './capabilities-service';
 import { parseReadResource, parseWriteResource } from '../cas/resource-name';
 import { AccessControl, CallIdentity, Caller, Need } from './auth';
 import { clientStream, serverStream, unary } from './grpc-adapter';
+import { ServerMetrics } from './metrics';
+import { metricsInterceptor } from './metrics-interceptor';
 import { unimplemented } from './rpc-error';
+import { addServiceDecodingStrictly, checkDecoded } from './request-decoding';
 import { ServerTlsFiles, serverCredentials } from './tls';
 
 export interface ServerOptions {
@@ -38,6 +40,10 @@ export interface ServerOptions {
   access?: AccessControl;
   /** Serve over TLS (mutual TLS with a client CA); plain-text gRPC when absent. */
   tls?: ServerTlsFiles;
+  /** What one client may make the server hold (defaults: DEFAULT_CLIENT_LIMITS). */
+  limits?: Partial<ClientLimits>;
+  /** Count calls, bytes and cache lookups, and report the queue's depth (--metrics-listen). */
+  metrics?: ServerMetrics;
 }
 
 export interface RunningServer {
@@ -55,12 +61,18 @@ export async function startServer(listen: string, options: ServerOptions): Promi
   const credentials = serverCredentials(options.tls);
   const uploads = new UploadSessions(storage);
   await uploads.collectAbandoned();
-  const cas = new CasService(storage);
-  const actionCache = new ActionCacheService(storage, { allowClientUpdates: allowActionCacheUpdates, resolveImage: options.resolveImage });
+  const limits: ClientLimits = { ...DEFAULT_CLIENT_LIMITS, ...options.limits };
+  const cas = new CasService(storage, limits);
+  const { metrics } = options;
+  const actionCache = new ActionCacheService(storage, {
+    allowClientUpdates: allowActionCacheUpdates,
+    resolveImage: options.resolveImage,
+    onLookup: metrics && ((result) => metrics.actionCacheLookup(result)),
+  });
   // Farm workers store the results of actions the farm ran: accepted even when clients may not
   // write the ActionCache, which is what makes --no-ac-updates work with standalone workers.
   const workerResults = new ActionCacheService(storage, { allowClientUpdates: true, resolveImage: options.resolveImage });
-  const bytestream = new ByteStreamService(storage, uploads);
+  const bytestream = new ByteStreamService(storage, uploads, limits);
   const capabilities = new CapabilitiesService({
     allowActionCacheUpdates,
     execution: options.scheduler ? { minPriority: MIN_PRIORITY, maxPriority: MAX_PRIORITY } : undefined,
@@ -77,8 +89,11 @@ export async function startServer(listen: string, options: ServerOptions): Promi
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_GRPC_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_GRPC_MESSAGE_BYTES,
+    // Calls beyond this on one connection wait (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    'grpc.max_concurrent_streams': limits.maxConcurrentStreams,
+    interceptors: metrics ? [metricsInterceptor(metrics)] : [],
   });
-  addService(server, CapsDef, {
+  addServiceDecodingStrictly(server, CapsDef, {
     GetCapabilities: unary('GetCapabilities', async (req, call) => {
       const caller = access.check(call, 'GetCapabilities', req.instanceName, 'use');
       const caps = capabilities.getCapabilities(req);
@@ -87,7 +102,7 @@ export async function startServer(listen: string, options: ServerOptions): Promi
       return caps;
     }),
   });
-  addService(server, CasDef, {
+  addServiceDecodingStrictly(server, CasDef, {
     FindMissingBlobs: unary('FindMissingBlobs', async (req, call) => {
       access.check(call, 'FindMissingBlobs', req.instanceName, 'use');
       return cas.findMissingBlobs(req);
@@ -113,7 +128,7 @@ export async function startServer(listen: string, options: ServerOptions): Promi
       throw unimplemented('SpliceBlob: blob splicing is not offered (see Capabilities)');
     }),
   });
-  addService(server, AcDef, {
+  addServiceDecodingStrictly(server, AcDef, {
     GetActionResult: unary('GetActionResult', async (req, call) => {
       access.check(call, 'GetActionResult', req.instanceName, 'use');
       return actionCache.getActionResult(req);
@@ -123,7 +138,7 @@ export async function startServer(listen: string, options: ServerOptions): Promi
       return (caller.role === 'worker' ? workerResults : actionCache).updateActionResult(req);
     }),
   });
-  addService(server, BsDef, {
+  addServiceDecodingStrictly(server, BsDef, {
     Read: serverStream('Read', async function* (req, call) {
       checkResource(call, 'Read', req.resourceName, parseReadResource);
       yield* readChunks(bytestream, req);
@@ -132,7 +147,7 @@ export async function startServer(listen: string, options: ServerOptions): Promi
       // Authenticated before a byte is read; authorized on the first message, which names the resource.
       const caller = access.authenticate(call, 'Write');
       const checked = checkFirst(requests, (first) =>
-        access.authorize(caller, call, 'Write', parseWriteResource(first.resourceName).instanceName, 'use'),
+        access.authorize(caller, call, 'Write', parseWriteResource(checkDecoded(first).resourceName).instanceName, 'use'),
       );
       return bytestream.write(checked);
     }),
@@ -143,6 +158,7 @@ export async function startServer(listen: string, options: ServerOptions): Promi
   });
 
   if (options.scheduler) addExecution(server, storage, actionCache, options.scheduler, access);
+  if (options.scheduler && metrics) metrics.watchQueue(options.scheduler.queue);
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(listen, credentials, (err, p) => (err ? reject(err) : resolve(p))),
@@ -182,7 +198,7 @@ function addExecution(
     const record = await scheduler.operations.get(name);
     if (record) access.authorize(caller, call, method, record.instanceName, need);
   };
-  addService(server, ExecDef, {
+  addServiceDecodingStrictly(server, ExecDef, {
     Execute: serverStream('Execute', async function* (req, call) {
       access.check(call, 'Execute', req.instanceName, 'execute');
       yield* operationStream(call, (signal) => execution.execute(req, signal));
@@ -192,7 +208,7 @@ function addExecution(
       yield* operationStream(call, (signal) => execution.waitExecution(req, signal));
     }),
   });
-  addService(server, OpsDef, {
+  addServiceDecodingStrictly(server, OpsDef, {
     GetOperation: unary('GetOperation', async (req, call) => {
       await checkOperation(call, 'GetOperation', req.name, 'use');
       return toOperation(await operations.get(req.name));

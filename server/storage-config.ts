@@ -15,6 +15,7 @@ import { DiskTier } from '../cas/disk-tier';
 import { FileStorage } from '../cas/file-storage';
 import { S3Storage } from '../cas/s3-storage';
 import { TieredStorage } from '../cas/tiered-storage';
+import { checkWritable } from './readiness';
 
 export interface FileStorageSpec {
   type: 'file';
@@ -43,6 +44,8 @@ export interface OpenedStorage {
   storage: Storage;
   /** For the start-up line: where blobs live, without secrets. */
   description: string;
+  /** /readyz: throws, saying why, unless the local directory is writable and the bucket (if any) answers. */
+  checkReachable(): Promise<void>;
 }
 
 /** Parses a --storage flag value. */
@@ -119,7 +122,7 @@ export async function readStorageConfig(file: string): Promise<StorageSpec> {
 export async function openStorage(spec: StorageSpec, opts: { dataDir: string }): Promise<OpenedStorage> {
   if (spec.type === 'file') {
     const storage = await FileStorage.open(spec.dir);
-    return { storage, description: `data ${storage.root}` };
+    return { storage, description: `data ${storage.root}`, checkReachable: () => checkWritable(storage.scratchDir) };
   }
   const accessKey = spec.accessKey ?? process.env.AWS_ACCESS_KEY_ID;
   const secretKey = spec.secretKey ?? process.env.AWS_SECRET_ACCESS_KEY;
@@ -135,9 +138,18 @@ export async function openStorage(spec: StorageSpec, opts: { dataDir: string }):
     partBytes: spec.partBytes,
     localDir: spec.tier?.dir ?? path.resolve(opts.dataDir),
   });
-  if (!spec.tier) return { storage: s3, description: `blobs in ${s3.describe()}` };
+  if (!spec.tier) return { storage: s3, description: `blobs in ${s3.describe()}`, checkReachable: () => reachable(s3, s3.scratchDir) };
   const tier = await DiskTier.open(spec.tier.dir, spec.tier.maxBytes);
-  return { storage: new TieredStorage(tier, s3), description: `blobs in ${s3.describe()}, local tier ${tier.root} (${spec.tier.maxBytes} bytes)` };
+  const storage = new TieredStorage(tier, s3);
+  return {
+    storage,
+    description: `blobs in ${s3.describe()}, local tier ${tier.root} (${spec.tier.maxBytes} bytes)`,
+    checkReachable: () => reachable(s3, storage.scratchDir),
+  };
+}
+
+async function reachable(s3: S3Storage, localDir: string): Promise<void> {
+  await Promise.all([s3.checkBucket(), checkWritable(localDir)]);
 }
 
 /** "123", "64K", "10M", "2G", "1T" (also "10MiB", "10MB": all powers of 1024) -> bytes. */

@@ -23,8 +23,8 @@ const K8S = path.join(DEPLOY, 'k8s');
 const BASE = path.join(K8S, 'base');
 const DIND = path.join(K8S, 'overlays', 'docker-in-docker');
 
-/** Flags the manifests may use before the command knows them: the metrics work adds this one. */
-const ANNOUNCED_FLAGS = new Set(['--metrics-listen']);
+/** Flags the manifests may use before the command knows them (none now: --metrics-listen exists). */
+const ANNOUNCED_FLAGS = new Set<string>();
 
 type Model = { validate(): void };
 const MODELS: Record<string, new (data: never) => Model> = {

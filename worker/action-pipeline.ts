@@ -34,6 +34,8 @@ export interface PipelineOptions {
   /** Used when the Action sets no timeout, and the most an Action may ask for. */
   defaultTimeoutMs: number;
   maxTimeoutMs: number;
+  /** stdout and stderr, each: an action writing more is killed and fails with RESOURCE_EXHAUSTED. */
+  maxOutputBytes: number;
   images: ImageResolver;
 }
 
@@ -115,6 +117,7 @@ export async function runActionPipeline(
       stdoutPath: path.join(actionDir, 'stdout'),
       stderrPath: path.join(actionDir, 'stderr'),
       timeoutMs,
+      maxOutputBytes: opts.maxOutputBytes,
       signal: cancel,
     });
     meta.executionCompletedTimestamp = now();
@@ -137,6 +140,16 @@ export async function runActionPipeline(
       return {
         result,
         status: { code: status.DEADLINE_EXCEEDED, message: `action ${digestKey(actionDigest)} exceeded its ${timeoutMs} ms timeout and was killed` },
+        cacheable: false,
+      };
+    }
+    if (run.outputLimitExceeded) {
+      return {
+        result,
+        status: {
+          code: status.RESOURCE_EXHAUSTED,
+          message: `action ${digestKey(actionDigest)} wrote more than ${opts.maxOutputBytes} bytes to stdout or stderr and was killed (worker --max-output-bytes)`,
+        },
         cacheable: false,
       };
     }

@@ -6,6 +6,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ActionQueue } from '../scheduler/action-queue';
+import { DEFAULT_MAX_ACTION_OUTPUT_BYTES } from '../cas/limits';
 import { OperationStore } from '../scheduler/operation-store';
 import { parseProperties } from '../scheduler/platform';
 import { ContentAccess } from './content-access';
@@ -14,6 +15,7 @@ import { ImageResolver } from './image-resolver';
 import { createProcessSandbox } from './sandbox/process-sandbox';
 import { Sandbox, createDockerSandbox } from './sandbox/sandbox';
 import { ActionResultSink, Worker } from './worker';
+import { WorkerObserver } from './worker-metrics';
 
 /** The user actions run as, on every worker, so results never depend on where they ran. */
 export const ACTION_UID = 1000;
@@ -37,6 +39,8 @@ export interface DockerWorkerOptions {
   images: ImageResolver;
   defaultImage: string;
   concurrency: number;
+  /** An action whose stdout or stderr grows past this is killed (default DEFAULT_MAX_ACTION_OUTPUT_BYTES). */
+  maxOutputBytes?: number;
   /** A fresh container per action instead of warm ones. */
   strict: boolean;
   /** Properties this worker offers: name=value,... */
@@ -45,6 +49,8 @@ export interface DockerWorkerOptions {
   sandbox?: SandboxMode;
   /** Process mode: the first slot's uid (default ACTION_UID); each uid must be used by nothing else. */
   actionUid?: number;
+  /** Told when actions start and finish (metrics). */
+  observer?: WorkerObserver;
 }
 
 export interface DockerWorker {
@@ -87,6 +93,7 @@ export async function startDockerWorker(opts: DockerWorkerOptions): Promise<Dock
       gid: ACTION_GID,
       defaultTimeoutMs: 15 * 60_000,
       maxTimeoutMs: 3 * 60 * 60_000,
+      maxOutputBytes: opts.maxOutputBytes ?? DEFAULT_MAX_ACTION_OUTPUT_BYTES,
       images: opts.images,
     },
     platform,
@@ -94,6 +101,7 @@ export async function startDockerWorker(opts: DockerWorkerOptions): Promise<Dock
     queue: opts.queue,
     operations: opts.operations,
     results: opts.results,
+    observer: opts.observer,
   });
   worker.start();
   return {

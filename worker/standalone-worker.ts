@@ -13,8 +13,10 @@ import { RemoteActionCache } from './remote-action-cache';
 import { RemoteContentAccess } from './remote-content-access';
 import { ClientTlsFiles } from '../server/tls';
 import { ServerClients, connectToServer } from './server-connection';
+import { WorkerObserver } from './worker-metrics';
 
 const SERVER_CHECK_MS = 10_000;
+const SERVER_PING_MS = 1500;
 
 export interface StandaloneWorkerOptions {
   /** grpc://HOST:PORT or grpcs://HOST:PORT (TLS) of a reapi server of the farm. */
@@ -31,6 +33,8 @@ export interface StandaloneWorkerOptions {
   workDir: string;
   defaultImage: string;
   concurrency: number;
+  /** An action whose stdout or stderr grows past this is killed (default 1 GiB). */
+  maxOutputBytes?: number;
   strict: boolean;
   /** name=value,... */
   platform: string;
@@ -40,11 +44,15 @@ export interface StandaloneWorkerOptions {
   actionUid?: number;
   /** Lease lifetime without renewal; also how often dead workers' jobs are looked for. */
   queueLockMs?: number;
+  /** Told when actions start and finish (metrics). */
+  observer?: WorkerObserver;
 }
 
 export interface StandaloneWorker {
   /** Takes nothing new, finishes the running actions, then lets go of every connection. */
   drain(): Promise<void>;
+  /** /readyz: throws, saying why, unless the server answers on the worker's connection. */
+  checkServer(): Promise<void>;
 }
 
 export async function startStandaloneWorker(opts: StandaloneWorkerOptions): Promise<StandaloneWorker> {
@@ -66,6 +74,7 @@ export async function startStandaloneWorker(opts: StandaloneWorkerOptions): Prom
     images: opts.sandbox === 'process' ? NO_IMAGE_IDS : new DockerImageResolver(),
   });
   return {
+    checkServer: () => pingServer(server, opts.server),
     async drain() {
       await worker.drain();
       await Promise.allSettled([queue.close(), operations.close()]);
@@ -88,6 +97,17 @@ async function checkServer(server: ServerClients, url: string): Promise<void> {
     if (e.code === grpc.status.PERMISSION_DENIED) return;
     server.close();
     if (e.code === grpc.status.UNAUTHENTICATED) throw new Error(`reapi server ${url} does not accept this worker: ${e.details}`);
+    throw new Error(`reapi server ${url} does not answer: ${e.details ?? e.message}`);
+  }
+}
+
+/** One GetCapabilities, without waiting for a connection that is down. */
+async function pingServer(server: ServerClients, url: string): Promise<void> {
+  try {
+    await unary(server.caps, 'GetCapabilities', {}, new grpc.Metadata(), { deadline: Date.now() + SERVER_PING_MS });
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    if (e.code === grpc.status.PERMISSION_DENIED) return; // it answers; the token just does not cover ""
     throw new Error(`reapi server ${url} does not answer: ${e.details ?? e.message}`);
   }
 }

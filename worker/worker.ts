@@ -11,7 +11,8 @@ import { PlatformProperty } from '../scheduler/platform';
 import { statusProto } from '../server/grpc-adapter';
 import { RpcError } from '../server/rpc-error';
 import { log } from '../server/log';
-import { PipelineOptions, runActionPipeline } from './action-pipeline';
+import { PipelineOptions, PipelineOutcome, runActionPipeline } from './action-pipeline';
+import { WorkerObserver, outcomeOf } from './worker-metrics';
 
 /** Where successful results go: the ActionCache, written with the farm's own authority. */
 export interface ActionResultSink {
@@ -25,6 +26,8 @@ export interface WorkerOptions {
   queue: ActionQueue;
   operations: OperationStore;
   results: ActionResultSink;
+  /** Told when actions start and finish (metrics). */
+  observer?: WorkerObserver;
 }
 
 export class Worker {
@@ -69,9 +72,15 @@ export class Worker {
     log.debug('executing', { operation: job.operationName, action: digestKey(job.actionDigest) });
     const cancel = new AbortController();
     const watching = this.watchForCancel(job.operationName, cancel);
-    const outcome = await runActionPipeline(this.opts.pipeline, job.instanceName, job.actionDigest, job.queuedAt, cancel.signal).finally(() =>
-      watching.stop(),
-    );
+    const { observer } = this.opts;
+    observer?.actionStarted();
+    let outcome: PipelineOutcome | undefined;
+    try {
+      outcome = await runActionPipeline(this.opts.pipeline, job.instanceName, job.actionDigest, job.queuedAt, cancel.signal);
+    } finally {
+      watching.stop();
+      observer?.actionFinished(outcome ? outcomeOf(outcome) : 'error', outcome?.result?.executionMetadata);
+    }
     let { status: st } = outcome;
     if (outcome.result && outcome.cacheable) {
       try {

@@ -12,11 +12,12 @@ export interface TestRedis {
   stop(): Promise<void>;
 }
 
-export async function startRedis(): Promise<TestRedis> {
+/** On a free port, or on `port` (e.g. a restart where a killed one was, to see clients reconnect). */
+export async function startRedis(opts: { port?: number } = {}): Promise<TestRedis> {
   const dir = mkdtempSync(path.join(tmpdir(), 'reapi-redis-'));
   // A port can be taken between probing and binding; retry a few times on a fresh one.
   for (let attempt = 0; ; attempt++) {
-    const port = await freePort();
+    const port = opts.port ?? (await freePort());
     const child = spawn(
       'redis-server',
       ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes', '--daemonize', 'no'],

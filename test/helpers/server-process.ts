@@ -11,6 +11,8 @@ export interface ServerProcess {
   address: string;
   dataDir: string;
   child: ChildProcess;
+  /** Everything the process wrote to stdout so far (its start-up line). */
+  stdout(): string;
   /** Everything the process wrote to stderr so far. */
   stderr(): string;
   /** SIGTERM, waits for exit; resolves with the exit code. */
@@ -32,8 +34,8 @@ export async function startServerProcess(opts: { dataDir?: string; args?: string
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let out = '';
   const address = await new Promise<string>((resolve, reject) => {
-    let out = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /listening on (\S+)/.exec(out);
@@ -45,6 +47,7 @@ export async function startServerProcess(opts: { dataDir?: string; args?: string
     address,
     dataDir,
     child,
+    stdout: () => out,
     stderr: () => err,
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
@@ -62,6 +65,8 @@ export interface WorkerProcess {
   name: string;
   workDir: string;
   child: ChildProcess;
+  /** Everything the process wrote to stdout so far (its ready line). */
+  stdout(): string;
   stderr(): string;
   /** SIGTERM (drain), waits for exit; resolves with the exit code. */
   stop(): Promise<number | null>;
@@ -88,8 +93,8 @@ export async function startWorkerProcess(opts: {
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let out = '';
   await new Promise<void>((resolve, reject) => {
-    let out = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       if (/taking actions/.test(out)) resolve();
@@ -100,6 +105,7 @@ export async function startWorkerProcess(opts: {
     name: opts.name,
     workDir,
     child,
+    stdout: () => out,
     stderr: () => err,
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
