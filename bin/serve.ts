@@ -159,6 +159,7 @@ export async function serve(argv: string[]): Promise<void> {
   const trust = `${tls ? (tls.clientCa ? ', mutual TLS' : ', TLS') : ''}${access.requiresTokens ? ', tokens required' : ''}`;
   const metricsOn = endpoints ? `, metrics on ${endpoints.address}` : '';
   process.stdout.write(`reapi: listening on ${host}:${running.port} (${storageDescription}${queue}${execution}${trust})${metricsOn}\n`);
+  process.stdout.write(bazelHint(`${tls ? 'grpcs' : 'grpc'}://${host}:${running.port}`, worker ? values.image : undefined, access.requiresTokens));
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -192,4 +193,14 @@ function tlsFiles(cert: string | undefined, key: string | undefined, clientCa: s
     return undefined;
   }
   return { cert, key, clientCa };
+}
+
+/** How to point Bazel at this server: printed once at start, so `make run` tells the next step. */
+function bazelHint(address: string, image: string | undefined, tokens: boolean): string {
+  const header = tokens ? ' --remote_header=Authorization="Bearer $TOKEN"' : '';
+  const lines = [`reapi: point Bazel at it with`, `  bazel build --remote_cache=${address}${header} //...`];
+  if (image) {
+    lines.push(`  bazel build --remote_executor=${address}${header} --remote_default_exec_properties=container-image=docker://${image} //...`);
+  }
+  return lines.join('\n') + '\n';
 }
