@@ -14,6 +14,7 @@ export const WORKER_OPTIONS = {
   strict: { type: 'boolean', default: false },
   platform: { type: 'string', default: 'OSFamily=Linux' },
   'max-output-bytes': { type: 'string', default: String(DEFAULT_MAX_ACTION_OUTPUT_BYTES) },
+  'allow-network': { type: 'boolean', default: false },
 } as const;
 
 export const WORKER_USAGE = `      --image          container image for actions that name none (default ${DEFAULT_IMAGE})
@@ -22,7 +23,9 @@ export const WORKER_USAGE = `      --image          container image for actions 
       --platform       properties this worker offers, name=value,... (default OSFamily=Linux)
       --max-output-bytes
                        an action whose stdout or stderr grows past this is killed and fails with
-                       RESOURCE_EXHAUSTED (default 1G; K/M/G/T suffixes)`;
+                       RESOURCE_EXHAUSTED (default 1G; K/M/G/T suffixes)
+      --allow-network  actions whose platform says dockerNetwork=standard get a network (Docker's
+                       bridge); without this flag they are refused with FAILED_PRECONDITION`;
 
 /** --metrics-listen, the same for `reapi serve` and `reapi worker`. */
 export const METRICS_USAGE = `      --metrics-listen HOST:PORT

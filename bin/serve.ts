@@ -144,6 +144,7 @@ export async function serve(argv: string[]): Promise<void> {
       defaultImage: values.image,
       concurrency,
       maxOutputBytes,
+      allowNetwork: values['allow-network'],
       strict: values.strict,
       platform: values.platform,
       images,

@@ -91,6 +91,7 @@ export async function worker(argv: string[]): Promise<void> {
     concurrency,
     maxOutputBytes: parseBytes(values['max-output-bytes'], '--max-output-bytes'),
     strict: values.strict,
+    allowNetwork: values['allow-network'],
     platform: values.platform,
     sandbox,
     actionUid,

@@ -5,27 +5,18 @@ import { ActionCacheService } from '../cas/action-cache-service';
 import { Storage } from '../cas/blob-store';
 import { ActionQueue } from '../scheduler/action-queue';
 import { OperationStore } from '../scheduler/operation-store';
-import { DockerWorker, startDockerWorker } from '../worker/docker-worker';
+import { DockerWorker, WorkerSettings, startDockerWorker } from '../worker/docker-worker';
 import { ImageResolver } from '../worker/image-resolver';
 import { LocalContentAccess } from '../worker/local-content-access';
-import { WorkerObserver } from '../worker/worker-metrics';
 
-export interface EmbeddedWorkerOptions {
+export interface EmbeddedWorkerOptions extends WorkerSettings {
   storage: Storage;
   actionCache: ActionCacheService;
   operations: OperationStore;
   queue: ActionQueue;
   images: ImageResolver;
-  defaultImage: string;
-  concurrency: number;
-  /** stdout/stderr limit of each action (default DEFAULT_MAX_ACTION_OUTPUT_BYTES). */
-  maxOutputBytes?: number;
-  strict: boolean;
-  platform: string;
   /** The worker's file cache and action directories. */
   workDir: string;
-  /** Told when actions start and finish (metrics). */
-  observer?: WorkerObserver;
 }
 
 export function startEmbeddedWorker(opts: EmbeddedWorkerOptions): Promise<DockerWorker> {

@@ -221,3 +221,10 @@ test('re-tagging the image makes earlier results of that image miss', async () =
     execFileSync('docker', ['rmi', '-f', tag], { stdio: 'ignore' });
   }
 });
+
+test('an action asking for a network is refused unless the operator allows it', async () => {
+  const action = await uploaded({ args: ['true'], platform: [{ name: 'dockerNetwork', value: 'standard' }], salt: `net-${Date.now()}` });
+  const response = await executeToEnd(exec, { actionDigest: action.actionDigest });
+  assert.equal(response.status?.code, grpc.status.FAILED_PRECONDITION);
+  assert.match(response.status!.message, /--allow-network/);
+});

@@ -10,8 +10,8 @@ import { status } from '@grpc/grpc-js';
 import { protobuf, rex } from '../apis';
 import { Digest, digestKey } from '../cas/digest';
 import { LoadedAction, loadAction } from '../scheduler/action-loader';
-import { containerImage, propertyValue } from '../scheduler/platform';
-import { RpcError } from '../server/rpc-error';
+import { PlatformProperty, containerImage, propertyValue } from '../scheduler/platform';
+import { RpcError, failedPrecondition } from '../server/rpc-error';
 import { ContentAccess } from './content-access';
 import { FileCache } from './file-cache';
 import { createOutputParents, materializeInputRoot } from './input-tree';
@@ -36,6 +36,8 @@ export interface PipelineOptions {
   maxTimeoutMs: number;
   /** stdout and stderr, each: an action writing more is killed and fails with RESOURCE_EXHAUSTED. */
   maxOutputBytes: number;
+  /** Whether an action may have a network when its platform asks (dockerNetwork=standard). */
+  allowNetwork: boolean;
   images: ImageResolver;
 }
 
@@ -70,8 +72,15 @@ export async function runActionPipeline(
     // Recorded so the cache can tell when the image behind this name changed (see ActionCacheService).
     const imageId = await opts.images.resolve(image);
     if (imageId) meta.auxiliaryMetadata = [containerImageMetadata(image, imageId)];
+    const network = wantsNetwork(loaded.platform);
+    if (network && !opts.allowNetwork) {
+      throw failedPrecondition(
+        `action ${digestKey(actionDigest)} asks for a network (dockerNetwork=standard); this worker runs actions without one (operator flag --allow-network)`,
+      );
+    }
     // The container comes first: with InputRootAbsolutePath the inputs go into its own directory.
     slot = await opts.sandbox.acquire({
+      network,
       // By ID: warm containers of an image that was since re-tagged must not serve this action.
       image: imageId ?? image,
       inputRootAbsolutePath: propertyValue(loaded.platform, 'InputRootAbsolutePath'),
@@ -177,4 +186,9 @@ function timestamp(ms: number): protobuf.Timestamp.$Properties {
 
 function now(): protobuf.Timestamp.$Properties {
   return timestamp(Date.now());
+}
+
+/** RBE's spelling: dockerNetwork=standard asks for a network; anything else (or nothing) means none. */
+function wantsNetwork(platform: PlatformProperty[]): boolean {
+  return propertyValue(platform, 'dockerNetwork') === 'standard';
 }

@@ -27,7 +27,28 @@ export type SandboxMode = 'docker' | 'process';
 /** Process mode has no Docker to ask for image IDs: actions run in the pod's image, named by --image. */
 export const NO_IMAGE_IDS: ImageResolver = { resolve: async () => undefined };
 
-export interface DockerWorkerOptions {
+/** What the operator chooses for a worker: the same flags on `reapi serve` and `reapi worker`. */
+export interface WorkerSettings {
+  /** The image for actions that name none. */
+  defaultImage: string;
+  concurrency: number;
+  /** An action whose stdout or stderr grows past this is killed (default DEFAULT_MAX_ACTION_OUTPUT_BYTES). */
+  maxOutputBytes?: number;
+  /** A fresh container per action instead of warm ones. */
+  strict: boolean;
+  /** Properties this worker offers: name=value,... */
+  platform: string;
+  /** Whether actions may ask for a network (dockerNetwork=standard); refused otherwise. */
+  allowNetwork?: boolean;
+  /** Default docker. In process mode slot i runs its actions as uid ACTION_UID + i. */
+  sandbox?: SandboxMode;
+  /** Process mode: the first slot's uid (default ACTION_UID); each uid must be used by nothing else. */
+  actionUid?: number;
+  /** Told when actions start and finish (metrics). */
+  observer?: WorkerObserver;
+}
+
+export interface DockerWorkerOptions extends WorkerSettings {
   /** Shows up in operations and ExecutedActionMetadata.worker. */
   name: string;
   /** The worker's file cache and action directories (one filesystem: inputs are hardlinked). */
@@ -37,20 +58,6 @@ export interface DockerWorkerOptions {
   queue: ActionQueue;
   operations: OperationStore;
   images: ImageResolver;
-  defaultImage: string;
-  concurrency: number;
-  /** An action whose stdout or stderr grows past this is killed (default DEFAULT_MAX_ACTION_OUTPUT_BYTES). */
-  maxOutputBytes?: number;
-  /** A fresh container per action instead of warm ones. */
-  strict: boolean;
-  /** Properties this worker offers: name=value,... */
-  platform: string;
-  /** Default docker. In process mode slot i runs its actions as uid ACTION_UID + i. */
-  sandbox?: SandboxMode;
-  /** Process mode: the first slot's uid (default ACTION_UID); each uid must be used by nothing else. */
-  actionUid?: number;
-  /** Told when actions start and finish (metrics). */
-  observer?: WorkerObserver;
 }
 
 export interface DockerWorker {
@@ -94,6 +101,7 @@ export async function startDockerWorker(opts: DockerWorkerOptions): Promise<Dock
       defaultTimeoutMs: 15 * 60_000,
       maxTimeoutMs: 3 * 60 * 60_000,
       maxOutputBytes: opts.maxOutputBytes ?? DEFAULT_MAX_ACTION_OUTPUT_BYTES,
+      allowNetwork: opts.allowNetwork ?? false,
       images: opts.images,
     },
     platform,

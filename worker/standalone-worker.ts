@@ -7,18 +7,17 @@ import { promises as fs } from 'node:fs';
 import { BullMqActionQueue } from '../scheduler/bullmq-action-queue';
 import { RedisOperationStore } from '../scheduler/redis-operation-store';
 import { unary } from '../apis/services';
-import { NO_IMAGE_IDS, SandboxMode, startDockerWorker } from './docker-worker';
+import { NO_IMAGE_IDS, WorkerSettings, startDockerWorker } from './docker-worker';
 import { DockerImageResolver } from './image-resolver';
 import { RemoteActionCache } from './remote-action-cache';
 import { RemoteContentAccess } from './remote-content-access';
 import { ClientTlsFiles } from '../server/tls';
 import { ServerClients, connectToServer } from './server-connection';
-import { WorkerObserver } from './worker-metrics';
 
 const SERVER_CHECK_MS = 10_000;
 const SERVER_PING_MS = 1500;
 
-export interface StandaloneWorkerOptions {
+export interface StandaloneWorkerOptions extends WorkerSettings {
   /** grpc://HOST:PORT or grpcs://HOST:PORT (TLS) of a reapi server of the farm. */
   server: string;
   /** For grpcs://: the CA to trust and, for mutual TLS, this worker's certificate. */
@@ -31,21 +30,8 @@ export interface StandaloneWorkerOptions {
   name: string;
   /** Directory for the worker's file cache and action directories. */
   workDir: string;
-  defaultImage: string;
-  concurrency: number;
-  /** An action whose stdout or stderr grows past this is killed (default 1 GiB). */
-  maxOutputBytes?: number;
-  strict: boolean;
-  /** name=value,... */
-  platform: string;
-  /** Where actions run (default docker). */
-  sandbox?: SandboxMode;
-  /** Process mode: slot i runs as actionUid + i. */
-  actionUid?: number;
   /** Lease lifetime without renewal; also how often dead workers' jobs are looked for. */
   queueLockMs?: number;
-  /** Told when actions start and finish (metrics). */
-  observer?: WorkerObserver;
 }
 
 export interface StandaloneWorker {

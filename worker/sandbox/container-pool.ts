@@ -16,6 +16,8 @@ export interface ContainerKey {
   image: string;
   /** Mounted at this path inside the container: an already validated InputRootAbsolutePath. */
   inputRootPath?: string;
+  /** Containers with a network are only ever made for actions the operator allowed one. */
+  network?: boolean;
 }
 
 export interface ContainerPoolOptions {
@@ -42,11 +44,11 @@ interface Waiter {
 }
 
 function keyOf(want: ContainerKey): string {
-  return `${want.image}\0${want.inputRootPath ?? ''}`;
+  return `${want.image}\0${want.inputRootPath ?? ''}\0${want.network ? 'net' : ''}`;
 }
 
 function keyOfContainer(c: SandboxContainer): string {
-  return keyOf({ image: c.image, inputRootPath: c.inputRoot?.containerPath });
+  return keyOf({ image: c.image, inputRootPath: c.inputRoot?.containerPath, network: c.network });
 }
 
 export class ContainerPool {
@@ -98,7 +100,7 @@ export class ContainerPool {
   async replace(broken: SandboxContainer): Promise<SandboxContainer> {
     if (!this.existing.delete(broken)) throw new SandboxError('sandbox closed while replacing a container', { image: broken.image, container: broken.id });
     this.track(broken.remove());
-    return this.startCounted({ image: broken.image, inputRootPath: broken.inputRoot?.containerPath }, broken.inputRoot?.hostPath, false);
+    return this.startCounted({ image: broken.image, inputRootPath: broken.inputRoot?.containerPath, network: broken.network }, broken.inputRoot?.hostPath, false);
   }
 
   /** Removes all containers (busy ones too: their actions fail) and waits for the removals. */
@@ -165,11 +167,13 @@ export class ContainerPool {
             'reapi.image': want.image,
             'reapi.mode': this.opts.reuse ? 'warm' : 'strict',
             ...(want.inputRootPath ? { 'reapi.input-root': want.inputRootPath } : {}),
+            ...(want.network ? { 'reapi.network': 'bridge' } : {}),
           },
           runnerPath: this.opts.runnerPath,
           execRoot: this.opts.execRoot,
           inputRoot: want.inputRootPath && hostRoot ? { hostPath: hostRoot, containerPath: want.inputRootPath } : undefined,
           limits: this.opts.limits,
+          network: want.network ?? false,
         },
         this.opts.stateDir,
       );

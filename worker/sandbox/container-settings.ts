@@ -39,6 +39,8 @@ export interface ContainerSpec {
   /** InputRootAbsolutePath: a private host directory mounted read-write at the requested path */
   inputRoot?: InputRootMount;
   limits: SandboxLimits;
+  /** Docker's default bridge network instead of none: only for actions the operator allowed one. */
+  network: boolean;
 }
 
 export interface InputRootMount {
@@ -58,9 +60,9 @@ export function containerCreateOptions(spec: ContainerSpec): Docker.ContainerCre
     Env: [], // the runner gives each action exactly the env of its request
     User: limits.user,
     WorkingDir: '/',
-    NetworkDisabled: true,
+    NetworkDisabled: !spec.network,
     HostConfig: {
-      NetworkMode: 'none',
+      NetworkMode: spec.network ? 'bridge' : 'none',
       CapDrop: ['ALL'],
       SecurityOpt: ['no-new-privileges'],
       ReadonlyRootfs: true,

@@ -20,6 +20,7 @@ export class SandboxContainer {
     readonly controlDir: string,
     /** Present when the container serves actions with this InputRootAbsolutePath. */
     readonly inputRoot: InputRootMount | undefined,
+    readonly network: boolean,
   ) {}
 
   get socketPath(): string {
@@ -38,7 +39,7 @@ export class SandboxContainer {
       if ((err as { statusCode?: number }).statusCode === 404) throw imageMissingError(spec.image);
       throw new SandboxError(`cannot create container: ${(err as Error).message}`, { image: spec.image }, { cause: err });
     }
-    const sc = new SandboxContainer(docker, container.id, spec.image, controlDir, spec.inputRoot);
+    const sc = new SandboxContainer(docker, container.id, spec.image, controlDir, spec.inputRoot, spec.network);
     try {
       await container.start();
       await sc.waitUntilListening(container);

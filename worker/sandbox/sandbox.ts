@@ -42,6 +42,8 @@ export interface SlotRequest {
   image: string;
   /** The InputRootAbsolutePath platform property; refused with INVALID_ARGUMENT if unusable. */
   inputRootAbsolutePath?: string;
+  /** A network for the action (dockerNetwork=standard); the pipeline asks only when the operator allows it. */
+  network?: boolean;
 }
 
 /**
@@ -152,7 +154,7 @@ export async function createDockerSandbox(opts: DockerSandboxOptions): Promise<S
   const acquire = async (req: SlotRequest): Promise<SandboxSlot> => {
     const image = dockerImageName(req.image);
     const inputRootPath = req.inputRootAbsolutePath === undefined ? undefined : checkInputRootAbsolutePath(req.inputRootAbsolutePath, execRoot);
-    return new ContainerSlot(pool, execRoot, await pool.acquire({ image, inputRootPath }));
+    return new ContainerSlot(pool, execRoot, await pool.acquire({ image, inputRootPath, network: req.network }));
   };
   return {
     acquire,
