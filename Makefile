@@ -32,7 +32,7 @@ test: build toolchain-image
 run: build toolchain-image
 	@node dist/bin/reapi.js serve --listen $(LISTEN) --data $(DATA)
 
-BENCHES := proto-codec storage sandbox-overhead execution scheduler-throughput
+BENCHES := proto-codec storage sandbox-overhead execution scheduler-throughput s3-tier
 
 bench: build toolchain-image
 	@for b in $(BENCHES); do node dist/bench/$$b.js || exit 1; done
