@@ -110,7 +110,7 @@ test('actions with different paths alternate, each seeing only its own inputs', 
 });
 
 test('unusable paths are refused with INVALID_ARGUMENT naming them', async () => {
-  for (const bad of ['', 'relative/tree', '/work/../etc/x', '/usr', '/usr/local/src', '/', '/work/tree/', '/lib64/x', '/tmp/tree']) {
+  for (const bad of ['', 'relative/tree', '/work/../etc/x', '/usr', '/usr/local/src', '/', '/work/tree/', '/lib64/x', '/tmp']) {
     const response = await run(bad, { args: ['true'] });
     assert.equal(response.status?.code, grpc.status.INVALID_ARGUMENT, `${bad}: ${response.status?.message}`);
     assert.ok(response.status!.message.includes(JSON.stringify(bad)), `${bad}: ${response.status!.message}`);
@@ -129,4 +129,12 @@ test('actions without the property still run in a per-action directory', async (
   const result = await succeeded(await run(undefined, { args: ['pwd'] }));
   const cwd = (await text(result.stdoutDigest)).trim();
   assert.ok(cwd.startsWith(server.dataDir) && cwd.endsWith('/root'), cwd);
+});
+
+test('a tree below /tmp works, action after action (the tmpfs cleanup leaves the mount alone)', async () => {
+  const root = `/tmp/reapi-test-tree-${randomBytes(6).toString('hex')}`;
+  for (const round of [1, 2, 3]) {
+    const result = await succeeded(await run(root, { args: ['sh', '-c', `pwd; cat in.txt; echo scratch > /tmp/left-by-${round}`], inputs: { 'in.txt': `round ${round}\n` } }));
+    assert.equal(await text(result.stdoutDigest), `${root}\nround ${round}\n`);
+  }
 });

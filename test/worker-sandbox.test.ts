@@ -368,11 +368,11 @@ function refusedPath(p: string, execRoot = '/srv/reapi/actions'): string | undef
 
 describe('InputRootAbsolutePath validation', () => {
   it('accepts ordinary project paths', () => {
-    for (const p of ['/work/src', '/b/f/w', '/home/user/chromium/src', '/opt/project', '/srv/reapi/other']) assert.equal(refusedPath(p), undefined, p);
+    for (const p of ['/work/src', '/b/f/w', '/home/user/chromium/src', '/opt/project', '/srv/reapi/other', '/tmp/src']) assert.equal(refusedPath(p), undefined, p);
   });
 
   it('refuses relative, unnormalized and system paths, and the exec root in either direction', () => {
-    for (const p of ['', 'work/src', './src', '/work/../etc', '/work/./src', '/work//src', '/work/src/', '/', '/usr', '/usr/local/src', '/etc/x', '/lib', '/lib64/x', '/libx32', '/tmp', '/tmp/src', '/proc/1', '/dev/x', '/var/tmp/x', '/.reapi', '/.reapi/ctl/x', '/srv', '/srv/reapi/actions', '/srv/reapi/actions/x']) {
+    for (const p of ['', 'work/src', './src', '/work/../etc', '/work/./src', '/work//src', '/work/src/', '/', '/usr', '/usr/local/src', '/etc/x', '/lib', '/lib64/x', '/libx32', '/tmp', '/proc/1', '/dev/x', '/var/tmp/x', '/.reapi', '/.reapi/ctl/x', '/srv', '/srv/reapi/actions', '/srv/reapi/actions/x']) {
       assert.ok(refusedPath(p), `${JSON.stringify(p)} should be refused`);
     }
   });
