@@ -39,3 +39,11 @@ bench: build toolchain-image
 
 clean:
 	rm -rf dist apis/generated
+
+# reapi-cc on a real kernel (Linux 6.1 tinyconfig): the timing table, and the bit-identical check.
+.PHONY: bench-kernel test-kernel
+bench-kernel: build toolchain-image
+	@node dist/bench/kernel.js
+
+test-kernel: build toolchain-image
+	@node dist/bench/kernel.js --only-check

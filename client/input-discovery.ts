@@ -21,10 +21,20 @@ export interface DiscoveryRequest {
   digests: DigestCache;
   /** Input paths (root-relative) -> "hash/size[+x]" recorded by the last build of this recipe. */
   recorded?: Record<string, string>;
+  /** The .incbin names recorded with it. */
+  recordedIncbin?: string[];
 }
 
 export type Discovery =
-  | { ok: true; inputs: InputFile[]; usedRecorded: boolean }
+  | {
+      ok: true;
+      inputs: InputFile[];
+      usedRecorded: boolean;
+      /** The recorded inputs, unchanged, and nothing else: the action is the recorded one. */
+      sameAsRecorded: boolean;
+      /** What the source's .incbin directives name (existing files only), for the next build. */
+      incbin: string[];
+    }
   | { ok: false; reason: string };
 
 /** Headers outside the tree that the toolchain image provides itself. */
@@ -46,7 +56,7 @@ export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> 
 
   let usedRecorded = false;
   if (req.recorded && (await unchanged(req.root, req.recorded, req.digests))) {
-    for (const rel of Object.keys(req.recorded)) await add(rel);
+    for (const [rel, d] of Object.entries(req.recorded)) found.set(rel, parseInput(rel, d));
     usedRecorded = true;
   } else {
     const scan = await runDependencyScan(req.compile.dependencyScanArgv, req.cwd, req.env);
@@ -61,17 +71,27 @@ export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> 
       if (!(await add(rel))) return { ok: false, reason: `${dep} is not a regular file` };
     }
   }
+  const before = found.size;
   // The assembler's .incbin reads files the preprocessor never lists (kbuild's rmpiggy.S,
   // system_certificates.S, kernel/configs.c): take quoted paths of .incbin directives in the source.
-  for (const file of await incbinFiles(path.resolve(req.cwd, req.compile.source))) {
+  // An unchanged source names the same files as last time: no need to read it again.
+  const incbin: string[] = [];
+  const incbinNames = usedRecorded && req.recordedIncbin ? req.recordedIncbin : await incbinFiles(path.resolve(req.cwd, req.compile.source));
+  for (const file of incbinNames) {
     const rel = inTree(req.root, path.resolve(req.cwd, file));
-    if (rel !== undefined) await add(rel);
+    if (rel !== undefined && (await add(rel))) incbin.push(file);
   }
   for (const word of req.candidates) {
     const rel = inTree(req.root, path.resolve(req.cwd, word));
     if (rel !== undefined) await add(rel);
   }
-  return { ok: true, inputs: [...found.values()].sort((a, b) => (a.path < b.path ? -1 : 1)), usedRecorded };
+  return {
+    ok: true,
+    inputs: [...found.values()].sort((a, b) => (a.path < b.path ? -1 : 1)),
+    usedRecorded,
+    sameAsRecorded: usedRecorded && found.size === before,
+    incbin,
+  };
 }
 
 /** Root-relative '/'-path of abs, or undefined if it lies outside the root. */
@@ -94,12 +114,21 @@ async function incbinFiles(source: string): Promise<string[]> {
   return [...text.matchAll(INCBIN)].map((m) => m[1]);
 }
 
+/** Whether none of the recorded inputs changed; a stat each when the digest cache knows the file. */
 async function unchanged(root: string, recorded: Record<string, string>, digests: DigestCache): Promise<boolean> {
-  for (const [rel, before] of Object.entries(recorded)) {
-    const now = await digests.digest(path.join(root, rel));
-    if (!now || digestString(now) !== before) return false;
+  for (const rel in recorded) {
+    const abs = path.join(root, rel);
+    const now = digests.known(abs) ?? (await digests.digest(abs));
+    if (!now || digestString(now) !== recorded[rel]) return false;
   }
   return true;
+}
+
+/** An input back from its "hash/size[+x]" record. */
+function parseInput(rel: string, d: string): InputFile {
+  const slash = d.indexOf('/');
+  const executable = d.endsWith('+x');
+  return { path: rel, digest: { hash: d.slice(0, slash), sizeBytes: Number(d.slice(slash + 1, executable ? -2 : undefined)) }, executable };
 }
 
 function runDependencyScan(argv: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<{ ok: true; stdout: string } | { ok: false; reason: string }> {

@@ -2,7 +2,7 @@
 // changed) and the inputs with their digests (so the next build can skip the preprocessor when
 // none of them changed, as ccache's direct mode does).
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { KeyParts } from './explain';
 
@@ -14,6 +14,9 @@ export interface ObjectManifest {
   /** The key of the last lookup. */
   parts: KeyParts;
   actionDigest: string;
+  actionSize?: number;
+  /** What the source's .incbin directives named: an unchanged source names the same. */
+  incbin?: string[];
   lastLookup: { hit: boolean; reasons: string[] };
 }
 
@@ -33,15 +36,22 @@ export class ManifestStore {
 
   async load(root: string, object: string): Promise<ObjectManifest | undefined> {
     try {
-      return JSON.parse(await fs.readFile(this.file(root, object), 'utf8')) as ObjectManifest;
+      // Synchronous: a small local file, read once per object; cheaper than a thread-pool round trip.
+      return JSON.parse(readFileSync(this.file(root, object), 'utf8')) as ObjectManifest;
     } catch {
       return undefined;
     }
   }
 
+  private readonly madeDirs = new Set<string>();
+
   async save(m: ObjectManifest): Promise<void> {
     const file = this.file(m.root, m.object);
-    await fs.mkdir(path.dirname(file), { recursive: true });
+    const dir = path.dirname(file);
+    if (!this.madeDirs.has(dir)) {
+      await fs.mkdir(dir, { recursive: true });
+      this.madeDirs.add(dir);
+    }
     const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
     await fs.writeFile(tmp, JSON.stringify(m));
     await fs.rename(tmp, file);

@@ -3,7 +3,8 @@
 // farm cannot help. Shared by the make session and the compiler-wrapper mode.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { buildAction, InputFile } from './action-builder';
+import * as grpc from '@grpc/grpc-js';
+import { BuiltAction, buildAction, InputFile } from './action-builder';
 import { CompileCommand } from './compile-args';
 import { ClientConfig, actionEnvironment } from './config';
 import { DigestCache } from './digest-cache';
@@ -70,18 +71,33 @@ export class ObjectRunner {
       env: job.env,
       digests: this.digests,
       recorded: manifest?.recipeKey === recipeKey ? manifest.parts.inputs : undefined,
+      recordedIncbin: manifest?.incbin,
     });
     if (!discovery.ok) return { kind: 'local' }; // e.g. a missing header: the local run prints the real error
 
-    const built = buildAction({ ...partsWithoutInputs, outputPaths: partsWithoutInputs.outputs, inputs: discovery.inputs, timeoutSeconds: this.config.timeoutSeconds });
-    const parts: KeyParts = { ...partsWithoutInputs, inputs: Object.fromEntries(discovery.inputs.map((f) => [f.path, inputDigestString(f)])) };
-    const reasons = manifest?.actionDigest === built.actionDigest.hash ? [] : explainDifference(manifest?.parts, parts);
-    const record = (hit: boolean) =>
-      this.manifests.save({ root: job.root, object, recipeKey, parts, actionDigest: built.actionDigest.hash, lastLookup: { hit, reasons } });
+    // Same recipe, same inputs as the recorded action: its key is known without rebuilding the
+    // Merkle tree (ccache's direct mode, one step further). The tree is built only to upload.
+    const build = () =>
+      buildAction({ ...partsWithoutInputs, outputPaths: partsWithoutInputs.outputs, inputs: discovery.inputs, timeoutSeconds: this.config.timeoutSeconds });
+    const reuse = discovery.sameAsRecorded && manifest?.actionSize !== undefined ? manifest : undefined;
+    let built = reuse ? undefined : build();
+    const actionDigest = reuse ? { hash: reuse.actionDigest, sizeBytes: reuse.actionSize! } : built!.actionDigest;
+    const parts: KeyParts = reuse
+      ? reuse.parts
+      : { ...partsWithoutInputs, inputs: Object.fromEntries(discovery.inputs.map((f) => [f.path, inputDigestString(f)])) };
+    const reasons = manifest?.actionDigest === actionDigest.hash ? [] : explainDifference(manifest?.parts, parts);
+    const record = async (hit: boolean) => {
+      // A hit on the same key as last time changes nothing worth a rewrite.
+      if (hit && reuse?.lastLookup.hit) return;
+      await this.manifests.save({
+        root: job.root, object, recipeKey, parts, actionDigest: actionDigest.hash, actionSize: actionDigest.sizeBytes,
+        incbin: discovery.incbin, lastLookup: { hit, reasons },
+      });
+    };
 
     const started = Date.now();
     try {
-      const cached = await this.executor.lookup(built.actionDigest, outputs);
+      const cached = await this.executor.lookup(actionDigest, outputs);
       if (cached && cached.exitCode === 0) {
         await writeOutputs(cached, outputs, job.cwd, this.executor);
         this.counters.hits++;
@@ -90,11 +106,20 @@ export class ObjectRunner {
         return await this.replay(cached);
       }
       this.counters.misses++;
-      await this.executor.uploadMissing([
-        ...built.messages.map((m) => ({ digest: m.digest, read: async () => m.data })),
-        ...discovery.inputs.map((f) => ({ digest: f.digest, read: () => fs.readFile(path.join(job.root, f.path)) })),
-      ]);
-      const outcome = await this.executor.execute(built.actionDigest);
+      built ??= build();
+      const upload = (b: BuiltAction) =>
+        this.executor.uploadMissing([
+          ...b.messages.map((m) => ({ digest: m.digest, read: async () => m.data })),
+          ...discovery.inputs.map((f) => ({ digest: f.digest, read: () => fs.readFile(path.join(job.root, f.path)) })),
+        ]);
+      await upload(built);
+      let outcome = await this.executor.execute(built.actionDigest);
+      if (outcome.status.code === grpc.status.FAILED_PRECONDITION) {
+        // An input we believed the server had is gone (evicted): ask about every blob again.
+        this.executor.forgetPresent();
+        await upload(built);
+        outcome = await this.executor.execute(built.actionDigest);
+      }
       if (outcome.status.code !== 0 || !outcome.result) {
         throw new InfrastructureError(`the server could not run it: ${outcome.status.message || 'no result'}`);
       }

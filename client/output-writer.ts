@@ -2,7 +2,7 @@
 // written under a temporary name first and renamed into place only when all of them are
 // complete, so an interrupted download never leaves a partial or mixed object. Declared outputs
 // the action did not leave behind (the .d file fixdep deletes) are removed, as the recipe would.
-import { promises as fs } from 'node:fs';
+import { promises as fs, mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { rex } from '../apis';
 import { RemoteExecutor } from './remote-executor';
@@ -30,15 +30,28 @@ export async function writeOutputs(
       if (f.inline) executor.bytesDownloaded += f.inline.length;
       const final = path.join(dir, f.path);
       const tmp = path.join(path.dirname(final), `.${path.basename(final)}.reapi-${process.pid}-${staged.length}.tmp`);
-      await fs.mkdir(path.dirname(final), { recursive: true });
-      await fs.writeFile(tmp, data, { mode: f.executable ? 0o755 : 0o644 });
+      // Synchronous: small local writes, a few per object; the directory usually exists.
+      try {
+        writeFileSync(tmp, data, { mode: f.executable ? 0o755 : 0o644 });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        mkdirSync(path.dirname(final), { recursive: true });
+        writeFileSync(tmp, data, { mode: f.executable ? 0o755 : 0o644 });
+      }
       staged.push({ tmp, final });
     }
   } catch (err) {
     await Promise.all(staged.map((s) => fs.rm(s.tmp, { force: true })));
     throw err;
   }
-  for (const s of staged) await fs.rename(s.tmp, s.final);
+  for (const s of staged) renameSync(s.tmp, s.final);
   const produced = new Set(files.map((f) => f.path));
-  for (const p of declared) if (!produced.has(p)) await fs.rm(path.join(dir, p), { force: true });
+  for (const p of declared) {
+    if (produced.has(p)) continue;
+    try {
+      unlinkSync(path.join(dir, p));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
 }

@@ -9,13 +9,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseCompileCommand } from './compile-args';
 import { ClientConfig, loadConfig } from './config';
-import { DigestCache } from './digest-cache';
 import { inTree } from './input-discovery';
 import { ManifestStore } from './manifest-store';
-import { ObjectRunner } from './object-job';
-import { RemoteExecutor } from './remote-executor';
 import { MakeSession } from './session-server';
-import { emptyCounters, formatCounters, readCounters, recordCounters, zeroCounters } from './stats';
+import { formatCounters, readCounters, zeroCounters } from './stats';
 
 const USAGE = `usage:
   reapi-cc [options] make [make arguments]   build with every object pipeline as one cached remote action
@@ -77,8 +74,15 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-/** Everything one process needs to run object pipelines; `finish` saves state and counters. */
+/**
+ * Everything one process needs to run object pipelines; `finish` saves state and counters. Loaded
+ * on first use: a no-op build never sends a job, and gRPC alone costs ~0.1 s of CPU to load.
+ */
 async function openRunner(config: ClientConfig) {
+  const { RemoteExecutor } = require('./remote-executor') as typeof import('./remote-executor');
+  const { DigestCache } = require('./digest-cache') as typeof import('./digest-cache');
+  const { ObjectRunner } = require('./object-job') as typeof import('./object-job');
+  const { emptyCounters, recordCounters } = require('./stats') as typeof import('./stats');
   const executor = new RemoteExecutor(config.serverUrl);
   const digests = await DigestCache.open(path.join(config.stateDir, 'digests.json'));
   const counters = emptyCounters();
@@ -98,13 +102,18 @@ async function openRunner(config: ClientConfig) {
 
 async function runMake(config: ClientConfig, opts: Options, makeArgv: string[]): Promise<number> {
   const root = opts.root ?? process.env.REAPI_CC_ROOT ?? path.resolve(makeDirectory(makeArgv.slice(1)) ?? '.');
-  const { runner, finish } = await openRunner(config);
-  const session = await MakeSession.start({ root, run: (job) => runner.run(job), warn: (l) => process.stderr.write(l + '\n') });
+  let opened: ReturnType<typeof openRunner> | undefined;
+  const session = await MakeSession.start({
+    root,
+    stateDir: config.stateDir,
+    run: async (job) => (await (opened ??= openRunner(config))).runner.run(job),
+    warn: (l) => process.stderr.write(l + '\n'),
+  });
   // SHELL on the command line reaches sub-makes through MAKEFLAGS, and so does --eval.
   const args = [`SHELL=${session.shellPath}`, '--eval=.ONESHELL:', ...makeArgv.slice(1)];
   const code = await runChild(makeArgv[0], args, { ...process.env, REAPI_CC_SESSION: session.dir });
   await session.close();
-  await finish();
+  if (opened) await (await opened).finish();
   return code;
 }
 

@@ -80,15 +80,39 @@ export class RemoteExecutor {
     }
   }
 
-  /** Uploads the blobs the server does not have (asking first); returns bytes sent. */
+  /**
+   * Blobs this process saw the server have (found present or uploaded): the actions of one build
+   * share most of their inputs, so each is asked about once, as Bazel does. forgetPresent() drops
+   * them when the server says an input is missing after all (evicted mid-build).
+   */
+  private readonly present = new Set<string>();
+
+  forgetPresent(): void {
+    this.present.clear();
+  }
+
+  /** Uploads the blobs the server does not have (asking first about those not known present). */
   async uploadMissing(blobs: UploadableBlob[]): Promise<void> {
-    const unique = new Map(blobs.map((b) => [`${b.digest.hash}/${b.digest.sizeBytes}`, b]));
+    const unique = new Map<string, UploadableBlob>();
+    for (const b of blobs) {
+      const key = `${b.digest.hash}/${b.digest.sizeBytes}`;
+      if (!this.present.has(key)) unique.set(key, b);
+    }
     const all = [...unique.values()];
     const missing: UploadableBlob[] = [];
     for (let i = 0; i < all.length; i += 5000) {
       const slice = all.slice(i, i + 5000);
       const res = await infra(unary(this.cas, 'FindMissingBlobs', { instanceName: this.instanceName, blobDigests: slice.map((b) => b.digest) }));
-      for (const d of res.missingBlobDigests) missing.push(unique.get(`${d.hash}/${Number(d.sizeBytes)}`)!);
+      const absent = new Set<string>();
+      for (const d of res.missingBlobDigests) {
+        const key = `${d.hash}/${Number(d.sizeBytes)}`;
+        absent.add(key);
+        missing.push(unique.get(key)!);
+      }
+      for (const b of slice) {
+        const key = `${b.digest.hash}/${b.digest.sizeBytes}`;
+        if (!absent.has(key)) this.present.add(key);
+      }
     }
     let batch: { digest: Digest; data: Buffer }[] = [];
     let batchBytes = 0;
@@ -111,6 +135,7 @@ export class RemoteExecutor {
       batchBytes += data.length;
     }
     await flush();
+    for (const blob of missing) this.present.add(`${blob.digest.hash}/${blob.digest.sizeBytes}`);
   }
 
   private writeStream(digest: Digest, data: Buffer): Promise<void> {
@@ -139,6 +164,9 @@ export class RemoteExecutor {
       }
     } catch (err) {
       if (err instanceof InfrastructureError) throw err;
+      const code = (err as { code?: number }).code;
+      // The Action, Command or a Directory is not in the CAS: the caller may upload and retry.
+      if (code === grpc.status.FAILED_PRECONDITION) return { cachedResult: false, status: { code, message: (err as Error).message } };
       throw new InfrastructureError(`Execute: ${(err as Error).message}`);
     }
     if (!response) throw new InfrastructureError('Execute ended without a result');

@@ -2,19 +2,22 @@
 // One session serves one `reapi-cc make`: requests from every recipe shell arrive on one FIFO,
 // each is answered on the recipe's own FIFO, and many object pipelines are in flight at once.
 import { execFileSync } from 'node:child_process';
-import { constants, promises as fs, openSync, closeSync, writeSync, mkdtempSync } from 'node:fs';
+import { constants, promises as fs, openSync, closeSync, writeSync, mkdtempSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { lineRunnerArgv } from './line-runner';
 import { JobOutcome, ObjectJob } from './object-job';
 import { parseObjectRecipe } from './recipe-parser';
+import { compiledFront } from './shell-front-c';
 import { installFrontScript } from './shell-shim';
 
 export interface SessionOptions {
   root: string;
   run(job: ObjectJob): Promise<JobOutcome>;
   warn(line: string): void;
+  /** Where the compiled front is kept; without it (or a C compiler) the sh front is the SHELL. */
+  stateDir?: string;
 }
 
 export class MakeSession {
@@ -29,7 +32,8 @@ export class MakeSession {
 
   static async start(opts: SessionOptions): Promise<MakeSession> {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'reapi-cc-'));
-    const shellPath = await installFrontScript(dir);
+    // The compiled front when a C compiler is at hand, else the sh front (same protocol).
+    const shellPath = (opts.stateDir && (await compiledFront(opts.stateDir))) || (await installFrontScript(dir));
     const requests = path.join(dir, 'requests');
     execFileSync('mkfifo', ['-m', '600', requests]);
     const session = new MakeSession(dir, shellPath, opts);
@@ -64,8 +68,11 @@ export class MakeSession {
     const base = path.join(this.dir, pid);
     let verdict = 'local';
     try {
-      const [script, envText] = await Promise.all([fs.readFile(`${base}.script`, 'utf8'), fs.readFile(`${base}.env`, 'utf8')]);
-      await Promise.all([fs.rm(`${base}.script`, { force: true }), fs.rm(`${base}.env`, { force: true })]);
+      // Small local files, one pair per object: synchronous calls cost less than thread-pool trips.
+      const script = readFileSync(`${base}.script`, 'utf8');
+      const envText = readFileSync(`${base}.env`, 'utf8');
+      unlinkQuietly(`${base}.script`);
+      unlinkQuietly(`${base}.env`);
       const recipe = parseObjectRecipe(script);
       if (recipe) {
         const outcome = await this.opts.run({
@@ -78,8 +85,8 @@ export class MakeSession {
           env: parseEnv(envText),
         });
         if (outcome.kind === 'replay') {
-          if (outcome.stdout.length) await fs.writeFile(`${base}.1`, outcome.stdout);
-          if (outcome.stderr.length) await fs.writeFile(`${base}.2`, outcome.stderr);
+          if (outcome.stdout.length) writeFileSync(`${base}.1`, outcome.stdout);
+          if (outcome.stderr.length) writeFileSync(`${base}.2`, outcome.stderr);
           verdict = `exit ${outcome.exitCode}`;
         }
       }
@@ -103,7 +110,15 @@ function answer(fifo: string, verdict: string): void {
   } catch {
     // The recipe shell is gone (make was interrupted): nobody to answer.
   }
-  fs.rm(fifo, { force: true }).catch(() => undefined);
+  unlinkQuietly(fifo);
+}
+
+function unlinkQuietly(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    // Already gone.
+  }
 }
 
 /** `env -0` output: NUL-terminated NAME=value entries. Pure. */

@@ -1,4 +1,6 @@
-// The SHELL that `reapi-cc make` gives make: a POSIX sh front script named `sh`.
+// The POSIX sh front script named `sh`: the SHELL `reapi-cc make` gives make when no C compiler
+// can build the faster front of shell-front-c.ts, and the definition of the session protocol that
+// both fronts speak (the C front implements the same steps without starting a shell).
 //
 // make calls SHELL for every recipe, and with a custom SHELL even for the `:` of up-to-date
 // targets, so the front must cost next to nothing: it answers `:` itself, runs ordinary recipes

@@ -118,6 +118,32 @@ test('a no-op rebuild sends nothing to reapi-cc; the shell shim answers `:` and 
   assert.equal(lines.stdout, 'one\n');
 });
 
+test('the compiled front gives every script the same result as the sh front', async () => {
+  const dir = tempDir('fronts');
+  const { frontScript } = require(path.join(REPO_ROOT, 'dist', 'client', 'shell-shim.js')) as typeof import('../client/shell-shim');
+  const { compiledFront } = require(path.join(REPO_ROOT, 'dist', 'client', 'shell-front-c.js')) as typeof import('../client/shell-front-c');
+  const shFront = path.join(dir, 'sh');
+  fs.writeFileSync(shFront, frontScript(), { mode: 0o755 });
+  const built = await compiledFront(path.join(dir, 'state'));
+  assert.ok(built, 'gcc builds the front');
+  const cFront: string = built;
+  assert.equal(path.basename(cFront), 'sh', 'make strips .ONESHELL prefixes only for a shell named sh');
+  const trap = (sig: string) => `trap 'rm -f x.o; trap - ${sig}; kill -s ${sig} $$' ${sig};`;
+  const scripts = [
+    ':', 'exit 3', 'echo hi', '/bin/echo a=b  c', 'A=1 /usr/bin/env | grep ^A=', "printf '%s\\n' 'a b' c", 'cd / && pwd',
+    '/bin/echo one \\\n  two', `:\nset -e; ${trap('HUP')}  ${trap('INT')}`, `:\nset -e; ${trap('HUP')}\n/bin/echo after`,
+    `set -e; trap 'x' BOGUS`, 'echo one\n/bin/sh -c "exit 4"\necho never', 'x=1\necho "[$x]"\n:\n/bin/echo last', '', '   ', ': ; :',
+    '/nonexistent/tool arg',
+  ];
+  for (const script of scripts) {
+    const viaC = spawnSync(cFront, ['-c', script], { cwd: dir, encoding: 'utf8', env: { PATH: '/usr/bin:/bin' } });
+    const viaSh = spawnSync(shFront, ['-c', script], { cwd: dir, encoding: 'utf8', env: { PATH: '/usr/bin:/bin' } });
+    assert.equal(viaC.status, viaSh.status, script);
+    assert.equal(viaC.stdout, viaSh.stdout, script);
+    assert.equal(viaC.stderr === '', viaSh.stderr === '', `${script}: ${viaC.stderr} / ${viaSh.stderr}`);
+  }
+});
+
 test('changing a header changes exactly the keys of the objects that include it; --explain names it', () => {
   fs.appendFileSync(path.join(tree, 'include', 'mini', 'math.h'), '/* changed */\n');
   ok(make('clean'));
