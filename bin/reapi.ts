@@ -3,36 +3,44 @@
 // `reapi worker` a standalone worker of a farm that shares one Redis, `reapi token` makes and
 // hashes tokens for `reapi serve --tokens`.
 import { ENVIRONMENT_USAGE } from './options';
-import { SERVE_USAGE, serve } from './serve';
-import { WORKER_COMMAND_USAGE, worker } from './worker';
-import { TOKEN_USAGE, token } from './token';
+import type * as ServeCommand from './serve';
+import type * as TokenCommand from './token';
+import type * as WorkerCommand from './worker';
 
-const USAGE = `usage:
-${SERVE_USAGE}
+// Each command's module is required only when that command runs: `reapi serve` then never loads
+// what only `reapi worker` needs (BullMQ and the Redis client), which shortens its startup.
+const serveCommand = () => require('./serve') as typeof ServeCommand;
+const workerCommand = () => require('./worker') as typeof WorkerCommand;
+const tokenCommand = () => require('./token') as typeof TokenCommand;
 
-${WORKER_COMMAND_USAGE}
+function usage(): string {
+  return `usage:
+${serveCommand().SERVE_USAGE}
 
-${TOKEN_USAGE}
+${workerCommand().WORKER_COMMAND_USAGE}
+
+${tokenCommand().TOKEN_USAGE}
 
 ${ENVIRONMENT_USAGE}`;
+}
 
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   switch (command) {
     case 'serve':
-      return serve(rest);
+      return serveCommand().serve(rest);
     case 'worker':
-      return worker(rest);
+      return workerCommand().worker(rest);
     case 'token':
-      return token(rest);
+      return tokenCommand().token(rest);
     case undefined:
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(USAGE + '\n');
+      process.stdout.write(usage() + '\n');
       return;
     default:
-      process.stderr.write(`reapi: unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
+      process.stderr.write(`reapi: unknown command ${JSON.stringify(command)}\n${usage()}\n`);
       process.exitCode = 2;
   }
 }

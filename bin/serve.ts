@@ -5,11 +5,9 @@ import * as path from 'node:path';
 import { openStorageFromFlags, parseBytes } from '../server/storage-config';
 import { DEFAULT_CLIENT_LIMITS } from '../cas/limits';
 import { ActionQueue } from '../scheduler/action-queue';
-import { BullMqActionQueue } from '../scheduler/bullmq-action-queue';
 import { MemoryActionQueue } from '../scheduler/memory-action-queue';
 import { MemoryOperationStore } from '../scheduler/memory-operation-store';
 import { OperationStore } from '../scheduler/operation-store';
-import { RedisOperationStore } from '../scheduler/redis-operation-store';
 import { startEmbeddedWorker } from '../server/embedded-worker';
 import { DockerWorker } from '../worker/docker-worker';
 import { startServer } from '../server/reapi-server';
@@ -18,7 +16,9 @@ import { TOKENS_FILE_FORMAT, loadTokensFile } from '../server/auth-tokens';
 import { log } from '../server/log';
 import { dockerAvailable } from '../worker/docker-available';
 import { DockerImageResolver } from '../worker/image-resolver';
-import { Metrics, ServerMetrics, WorkerMetrics } from '../server/metrics';
+import type * as MetricsModule from '../server/metrics';
+import type * as RedisOperationStoreModule from '../scheduler/redis-operation-store';
+import type * as BullMqModule from '../scheduler/bullmq-action-queue';
 import { startHttpEndpoints } from '../server/http-endpoints';
 import { ReadinessCheck, dockerCheck, redisCheck } from '../server/readiness';
 import { METRICS_USAGE, WORKER_OPTIONS, WORKER_USAGE, checkRedis, metricsListen, positiveInteger, queueLockMsFromEnv, redisUrl } from './options';
@@ -123,9 +123,11 @@ export async function serve(argv: string[]): Promise<void> {
   const scheduler = redis ? redisScheduler(redis) : withWorker ? memoryScheduler() : undefined;
   // Image IDs are looked up in this host's Docker, which only means something when actions run here.
   const images = withWorker ? new DockerImageResolver() : undefined;
-  const metrics = metricsAddress === undefined ? undefined : new Metrics();
+  // Required only with --metrics-listen (like the Redis and S3 clients): startup time.
+  const metricsModule = metricsAddress === undefined ? undefined : (require('../server/metrics') as typeof MetricsModule);
+  const metrics = metricsModule && new metricsModule.Metrics();
   const running = await startServer(listen, {
-    metrics: metrics && new ServerMetrics(metrics),
+    metrics: metrics && metricsModule && new metricsModule.ServerMetrics(metrics),
     storage,
     allowActionCacheUpdates: !values['no-ac-updates'],
     access,
@@ -148,7 +150,7 @@ export async function serve(argv: string[]): Promise<void> {
       strict: values.strict,
       platform: values.platform,
       images,
-      observer: metrics && new WorkerMetrics(metrics),
+      observer: metrics && metricsModule && new metricsModule.WorkerMetrics(metrics),
     });
   }
   const checks: ReadinessCheck[] = [{ name: 'storage', check: checkReachable }];
@@ -181,6 +183,9 @@ function memoryScheduler(): Scheduler {
 
 function redisScheduler(url: string): Scheduler {
   const lockMs = queueLockMsFromEnv();
+  // Required only with --redis: BullMQ and the Redis client take long to load.
+  const { RedisOperationStore } = require('../scheduler/redis-operation-store') as typeof RedisOperationStoreModule;
+  const { BullMqActionQueue } = require('../scheduler/bullmq-action-queue') as typeof BullMqModule;
   return {
     operations: new RedisOperationStore({ url }),
     queue: new BullMqActionQueue({ url, lockDurationMs: lockMs, stalledIntervalMs: lockMs }),

@@ -8,7 +8,7 @@ import { log } from '../server/log';
 import { parseBytes } from '../server/storage-config';
 import { dockerAvailable } from '../worker/docker-available';
 import { startStandaloneWorker } from '../worker/standalone-worker';
-import { Metrics, WorkerMetrics } from '../server/metrics';
+import type * as MetricsModule from '../server/metrics';
 import { startHttpEndpoints } from '../server/http-endpoints';
 import { ReadinessCheck, dockerCheck, redisCheck, writableDirCheck } from '../server/readiness';
 import {
@@ -78,7 +78,9 @@ export async function worker(argv: string[]): Promise<void> {
   const actionUid = values['sandbox-uid'] === undefined ? undefined : positiveInteger(values['sandbox-uid'], '--sandbox-uid');
   await checkRedis(redis);
 
-  const metrics = metricsAddress === undefined ? undefined : new Metrics();
+  // Required only with --metrics-listen: prom-client takes long to load.
+  const metricsModule = metricsAddress === undefined ? undefined : (require('../server/metrics') as typeof MetricsModule);
+  const metrics = metricsModule && new metricsModule.Metrics();
   const workDir = path.resolve(values['work-dir']);
   const running = await startStandaloneWorker({
     server: values.server,
@@ -96,7 +98,7 @@ export async function worker(argv: string[]): Promise<void> {
     sandbox,
     actionUid,
     queueLockMs: queueLockMsFromEnv(),
-    observer: metrics && new WorkerMetrics(metrics),
+    observer: metrics && metricsModule && new metricsModule.WorkerMetrics(metrics),
   });
   const checks: ReadinessCheck[] = [{ name: 'server', check: () => running.checkServer() }, redisCheck(redis), writableDirCheck('workdir', workDir)];
   if (sandbox === 'docker') checks.push(dockerCheck());

@@ -51,14 +51,16 @@ export class ByteStreamService {
           const res = parseWriteResource(resourceName);
           checkBlobSize(res.digest, this.limits.maxBlobBytes, `Write ${JSON.stringify(resourceName)}: blob`);
           if (req.writeOffset < 0) throw invalidArgument(`write_offset ${req.writeOffset} is negative`);
+          if (req.writeOffset === 0 && req.finishWrite) {
+            const committedSize = await this.uploads.storeWhole(res, messageData(req));
+            if (committedSize !== undefined) return { committedSize };
+          }
           writer = await this.uploads.open(res, req.writeOffset);
           if (!writer) return { committedSize: res.compressor === 'identity' ? res.digest.sizeBytes : -1 };
         } else if (req.resourceName && req.resourceName !== resourceName) {
           throw invalidArgument(`resource_name changed within one Write stream (${JSON.stringify(resourceName)} then ${JSON.stringify(req.resourceName)})`);
         }
-        // A view, not a copy: the decoded message already holds the bytes in a Buffer.
-        const data = Buffer.isBuffer(req.data) ? req.data : Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
-        await writer.append(req.writeOffset, data);
+        await writer.append(req.writeOffset, messageData(req));
         if (req.finishWrite) {
           const committedSize = await writer.finish();
           writer = undefined;
@@ -75,6 +77,11 @@ export class ByteStreamService {
   async queryWriteStatus(req: bytestream.QueryWriteStatusRequest): Promise<bytestream.QueryWriteStatusResponse.$Properties> {
     return this.uploads.queryWriteStatus(parseWriteResource(req.resourceName));
   }
+}
+
+/** A view, not a copy: the decoded message already holds the bytes in a Buffer. */
+function messageData(req: bytestream.WriteRequest): Buffer {
+  return Buffer.isBuffer(req.data) ? req.data : Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
 }
 
 /**

@@ -63,6 +63,19 @@ export class UploadSessions {
   }
 
   /**
+   * Stores an upload that arrived whole in its first message (what clients send for small
+   * blobs): with nothing to resume there is no need for a part file, so the blob is written once
+   * (put) instead of written, synced, re-opened, synced again and renamed. Returns the committed
+   * size, or undefined when it must take the resumable path: zstd data, or a session of the same
+   * upload is open (its part file and stream must see this write).
+   */
+  async storeWhole(res: UploadResource, data: Buffer): Promise<number | undefined> {
+    if (res.compressor !== 'identity' || this.sessions.has(sessionKey(res))) return undefined;
+    await this.storage.cas(res.instanceName).put(res.digest, data); // INVALID_ARGUMENT unless data matches the digest
+    return res.digest.sizeBytes;
+  }
+
+  /**
    * Starts (or resumes, when writeOffset equals the committed size) writing an upload.
    * Returns undefined when the blob is already stored: the client may stop sending.
    */

@@ -30,6 +30,26 @@ export async function loadAction(read: BlobReader, actionDigest: Digest): Promis
   return { actionDigest, action, command, inputRootDigest, platform: canonicalPlatform(platformSource?.properties) };
 }
 
+/**
+ * Actions loaded lately, by instance and digest. Execute loads and checks an action and the
+ * embedded worker runs it moments later in the same process: it need not read and decode the
+ * same two blobs again. Content-addressed, so an entry never goes stale; callers must not
+ * modify what they get. Oldest first, so eviction drops the oldest.
+ */
+const recentActions = new Map<string, LoadedAction>();
+const RECENT_ACTIONS_LIMIT = 1024;
+
+/** loadAction, answered from recently loaded actions of the same instance when possible. */
+export async function loadRecentAction(instanceName: string, read: BlobReader, actionDigest: Digest): Promise<LoadedAction> {
+  const key = `${instanceName}\0${digestKey(actionDigest)}`;
+  const recent = recentActions.get(key);
+  if (recent) return recent;
+  const loaded = await loadAction(read, actionDigest);
+  recentActions.set(key, loaded);
+  if (recentActions.size > RECENT_ACTIONS_LIMIT) recentActions.delete(recentActions.keys().next().value!);
+  return loaded;
+}
+
 async function fetchOrFail(read: BlobReader, digest: Digest, what: string): Promise<Buffer> {
   if (digest.sizeBytes > MAX_DIRECTORY_BYTES) throw invalidArgument(`${what} ${digestKey(digest)} is larger than ${MAX_DIRECTORY_BYTES} bytes`);
   const blob = await read(digest);

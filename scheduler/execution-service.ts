@@ -10,7 +10,7 @@ import { validateInstanceName } from '../cas/resource-name';
 import { notFound } from '../server/rpc-error';
 import { log } from '../server/log';
 import { ActionQueue, clampPriority } from './action-queue';
-import { loadAction } from './action-loader';
+import { loadRecentAction } from './action-loader';
 import { encodeResponse } from './operation-proto';
 import { OperationRecord, OperationStore } from './operation-store';
 
@@ -27,7 +27,7 @@ export class ExecutionService {
     const instanceName = validateInstanceName(req.instanceName);
     const actionDigest = validateDigest(req.actionDigest, 'action_digest');
     const cas = this.storage.cas(instanceName);
-    const loaded = await loadAction((d) => cas.read(d), actionDigest);
+    const loaded = await loadRecentAction(instanceName, (d) => cas.read(d), actionDigest);
     const cacheable = !loaded.action.doNotCache;
 
     if (cacheable && !req.skipCacheLookup) {

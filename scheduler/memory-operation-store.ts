@@ -85,9 +85,14 @@ export class MemoryOperationStore implements OperationStore {
     this.changes.removeAllListeners();
   }
 
+  /**
+   * Runs on every create, so it stops at the first record young enough to keep: records sit in
+   * creation order, so the ones after it are younger still. Old ones still running are skipped.
+   */
   private prune(now = Date.now()): void {
     for (const [name, r] of this.records) {
-      if (r.done && now - r.queuedAt > KEEP_DONE_MS) this.records.delete(name);
+      if (now - r.queuedAt <= KEEP_DONE_MS) return;
+      if (r.done) this.records.delete(name);
     }
   }
 }

@@ -4,7 +4,7 @@
 import { once } from 'node:events';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { connectRedis } from '../scheduler/redis-connection';
 import { pingDocker } from '../worker/docker-available';
 

@@ -11,10 +11,11 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { Storage } from '../cas/blob-store';
-import { DiskTier } from '../cas/disk-tier';
 import { FileStorage } from '../cas/file-storage';
-import { S3Storage } from '../cas/s3-storage';
-import { TieredStorage } from '../cas/tiered-storage';
+import type * as DiskTierModule from '../cas/disk-tier';
+import type * as S3Module from '../cas/s3-storage';
+import type { S3Storage } from '../cas/s3-storage';
+import type * as TieredModule from '../cas/tiered-storage';
 import { checkWritable } from './readiness';
 
 export interface FileStorageSpec {
@@ -127,6 +128,8 @@ export async function openStorage(spec: StorageSpec, opts: { dataDir: string }):
   const accessKey = spec.accessKey ?? process.env.AWS_ACCESS_KEY_ID;
   const secretKey = spec.secretKey ?? process.env.AWS_SECRET_ACCESS_KEY;
   if (!accessKey || !secretKey) throw new Error(`S3 storage at ${spec.endpoint}: no credentials (give ACCESS:SECRET@ or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`);
+  // Required only here: the S3 client is a large module a file-storage server never loads.
+  const { S3Storage } = require('../cas/s3-storage') as typeof S3Module;
   const s3 = await S3Storage.open({
     endpoint: spec.endpoint,
     bucket: spec.bucket,
@@ -139,6 +142,8 @@ export async function openStorage(spec: StorageSpec, opts: { dataDir: string }):
     localDir: spec.tier?.dir ?? path.resolve(opts.dataDir),
   });
   if (!spec.tier) return { storage: s3, description: `blobs in ${s3.describe()}`, checkReachable: () => reachable(s3, s3.scratchDir) };
+  const { DiskTier } = require('../cas/disk-tier') as typeof DiskTierModule;
+  const { TieredStorage } = require('../cas/tiered-storage') as typeof TieredModule;
   const tier = await DiskTier.open(spec.tier.dir, spec.tier.maxBytes);
   const storage = new TieredStorage(tier, s3);
   return {

@@ -1,21 +1,22 @@
 // One action, start to finish, as visible stages: fetch inputs -> run -> upload outputs.
-// Every stage records its timestamps in ExecutedActionMetadata; whatever happens, the action's
-// directory is removed, its container slot released and its cache pins released.
+// Every stage records its timestamps in ExecutedActionMetadata; whatever happens, the caller,
+// once it has reported the outcome, releases the container slot and the cache pins and removes
+// the action's directory (PipelineRun).
 // With the InputRootAbsolutePath platform property the input root is staged into the acquired
 // container's own directory, which the action sees at that absolute path.
 import { randomUUID } from 'node:crypto';
-import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { protobuf, rex } from '../apis';
 import { Digest, digestKey } from '../cas/digest';
-import { LoadedAction, loadAction } from '../scheduler/action-loader';
+import { loadRecentAction } from '../scheduler/action-loader';
 import { PlatformProperty, containerImage, propertyValue } from '../scheduler/platform';
 import { RpcError, failedPrecondition } from '../server/rpc-error';
 import { ContentAccess } from './content-access';
 import { FileCache } from './file-cache';
-import { createOutputParents, materializeInputRoot } from './input-tree';
+import { createOutputParents, makeOwnedDirectory, materializeInputRoot, outputParents, settleAll } from './input-tree';
 import { collectOutputs, uploadStdio } from './output-collector';
+import { removeTree } from './remove-tree';
 import { Sandbox, SandboxSlot } from './sandbox/sandbox';
 import { ImageResolver } from './image-resolver';
 import { containerImageMetadata } from '../cas/action-cache-service';
@@ -48,6 +49,18 @@ export interface PipelineOutcome {
   cacheable: boolean;
 }
 
+/** What the caller does with an action once it ran: report the outcome, then let go of it. */
+export interface PipelineRun {
+  outcome: PipelineOutcome;
+  /** Hands back the container slot and the cache pins. Call once, after reporting the outcome. Never throws. */
+  release(): Promise<void>;
+  /**
+   * Removes the action's directory; call once, after release(). Nothing else needs it any more,
+   * so the worker can go on with its next action meanwhile. Never throws.
+   */
+  removeDirectory(): Promise<void>;
+}
+
 /** Decoded Directory protos are shared between actions: input trees repeat a lot. */
 const directoryCache = new Map<string, rex.Directory>();
 const DIRECTORY_CACHE_LIMIT = 50_000;
@@ -59,14 +72,38 @@ export async function runActionPipeline(
   queuedAt: number,
   /** Aborted when a client cancels the operation: the running action is killed. */
   cancel?: AbortSignal,
+): Promise<PipelineRun> {
+  const held: HeldResources = { actionDir: path.join(opts.actionsDir, randomUUID()) };
+  const outcome = await runAction(opts, instanceName, actionDigest, queuedAt, held, cancel);
+  return {
+    outcome,
+    release: async () => {
+      await held.slot?.release(); // empties a slot's own input root: the pinned cache files are unlinked there
+      held.unpinInputs?.(); // links already made keep their content, whatever the cache evicts
+    },
+    removeDirectory: () => removeTree(held.actionDir).catch(() => undefined),
+  };
+}
+
+/** What an action holds until it is released, recorded by the stages as they acquire it. */
+interface HeldResources {
+  readonly actionDir: string;
+  slot?: SandboxSlot;
+  unpinInputs?: () => void;
+}
+
+async function runAction(
+  opts: PipelineOptions,
+  instanceName: string,
+  actionDigest: Digest,
+  queuedAt: number,
+  held: HeldResources,
+  cancel: AbortSignal | undefined,
 ): Promise<PipelineOutcome> {
+  const { actionDir } = held;
   const meta: rex.ExecutedActionMetadata.$Properties = { worker: opts.workerName, queuedTimestamp: timestamp(queuedAt), workerStartTimestamp: now() };
-  const actionDir = path.join(opts.actionsDir, randomUUID());
-  let release: (() => void) | undefined;
-  let slot: SandboxSlot | undefined;
-  let loaded: LoadedAction | undefined;
   try {
-    loaded = await loadAction((d) => opts.access.read(instanceName, d), actionDigest);
+    const loaded = await loadRecentAction(instanceName, (d) => opts.access.read(instanceName, d), actionDigest);
     const { action, command } = loaded;
     const image = containerImage(loaded.platform, opts.defaultImage);
     // Recorded so the cache can tell when the image behind this name changed (see ActionCacheService).
@@ -79,12 +116,12 @@ export async function runActionPipeline(
       );
     }
     // The container comes first: with InputRootAbsolutePath the inputs go into its own directory.
-    slot = await opts.sandbox.acquire({
+    const slot = (held.slot = await opts.sandbox.acquire({
       network,
       // By ID: warm containers of an image that was since re-tagged must not serve this action.
       image: imageId ?? image,
       inputRootAbsolutePath: propertyValue(loaded.platform, 'InputRootAbsolutePath'),
-    });
+    }));
     // Where the inputs are staged on the host, and where the action sees them.
     const root = slot.inputRoot?.hostPath ?? path.join(actionDir, 'root');
     const rootInContainer = slot.inputRoot?.containerPath ?? root;
@@ -92,24 +129,26 @@ export async function runActionPipeline(
     const { uid, gid } = slot.user ?? opts;
 
     meta.inputFetchStartTimestamp = now();
-    // The action's own directory belongs to the action user: its stdout/stderr and TMPDIR live here.
-    await fs.mkdir(path.join(actionDir, 'tmp'), { recursive: true });
-    await fs.chown(actionDir, uid, gid);
-    await fs.chown(path.join(actionDir, 'tmp'), uid, gid);
-    if (!slot.inputRoot) await fs.mkdir(root);
-    const staged = await materializeInputRoot({
-      instanceName,
-      rootDigest: loaded.inputRootDigest,
-      access: opts.access,
-      cache: opts.cache,
-      dest: root,
-      uid,
-      gid,
-      directoryCache,
-    });
-    release = staged.release;
-    if (directoryCache.size > DIRECTORY_CACHE_LIMIT) directoryCache.clear();
     const outputs = command.outputPaths.length > 0 ? command.outputPaths : [...command.outputFiles, ...command.outputDirectories];
+    const extraDirectories = outputParents(command.workingDirectory, outputs);
+    // The action's own directory belongs to the action user: its stdout/stderr and TMPDIR live here.
+    await makeOwnedDirectory(actionDir, uid, gid);
+    await settleAll([
+      makeOwnedDirectory(path.join(actionDir, 'tmp'), uid, gid),
+      materializeInputRoot({
+        instanceName,
+        rootDigest: loaded.inputRootDigest,
+        access: opts.access,
+        cache: opts.cache,
+        dest: root,
+        uid,
+        gid,
+        directoryCache,
+        extraDirectories,
+      }).then((staged) => (held.unpinInputs = staged.release)), // recorded at once: release() must unpin whatever else fails
+    ]);
+    if (directoryCache.size > DIRECTORY_CACHE_LIMIT) directoryCache.clear();
+    // Mostly made with the inputs already: this checks them, and makes those past input symlinks.
     await createOutputParents(root, command.workingDirectory, outputs, uid, gid);
     meta.inputFetchCompletedTimestamp = now();
 
@@ -132,9 +171,11 @@ export async function runActionPipeline(
     meta.executionCompletedTimestamp = now();
 
     meta.outputUploadStartTimestamp = now();
-    const collected = await collectOutputs({ instanceName, access: opts.access, root, workingDirectory: command.workingDirectory, command });
-    const stdoutDigest = await uploadStdio(opts.access, instanceName, path.join(actionDir, 'stdout'));
-    const stderrDigest = await uploadStdio(opts.access, instanceName, path.join(actionDir, 'stderr'));
+    const [collected, stdoutDigest, stderrDigest] = await Promise.all([
+      collectOutputs({ instanceName, access: opts.access, root, workingDirectory: command.workingDirectory, command }),
+      uploadStdio(opts.access, instanceName, path.join(actionDir, 'stdout')),
+      uploadStdio(opts.access, instanceName, path.join(actionDir, 'stderr')),
+    ]);
     meta.outputUploadCompletedTimestamp = now();
     meta.workerCompletedTimestamp = now();
 
@@ -167,10 +208,6 @@ export async function runActionPipeline(
     if (cancel?.aborted) return { status: { code: status.CANCELLED, message: `action ${digestKey(actionDigest)} was cancelled` }, cacheable: false };
     const e = err instanceof RpcError ? err : new RpcError(status.INTERNAL, `action ${digestKey(actionDigest)} on ${opts.workerName}: ${(err as Error).message}`);
     return { status: { code: e.code, message: e.message, missing: e.missing }, cacheable: false };
-  } finally {
-    await slot?.release(); // empties a slot's own input root: the pinned cache files are unlinked there
-    release?.();
-    await fs.rm(actionDir, { recursive: true, force: true }).catch(() => undefined);
   }
 }
 

@@ -4,8 +4,11 @@
 // Three phases, so nothing touches the disk until the whole tree is known to be valid and
 // present: (1) fetch and check every Directory, level by level; (2) walk the tree to plan every
 // path, checking that symlinks stay inside the root; (3) one FindMissingBlobs over everything,
-// then create. A client that forgot blobs hears about all of them at once.
-import { promises as fs } from 'node:fs';
+// then create. A client that forgot blobs hears about all of them at once. Creating is: every
+// file's content into the FileCache, then the tree from the root down, each directory's entries
+// as soon as it exists: independent branches proceed in parallel, and the deepest path costs
+// one mkdir per level.
+import { lstatSync, promises as fs, realpathSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { rex } from '../apis';
 import { Digest, digestKey, digestOf } from '../cas/digest';
@@ -15,6 +18,11 @@ import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
 import { FileCache } from './file-cache';
+import { paced } from './paced-fs';
+import { processUmask } from './umask';
+
+/** Input and output parent directories: the action may create files in them, others may read. */
+const DIRECTORY_MODE = 0o755;
 
 /** Upper bound on placed entries: shared subdirectories can make a tiny DAG expand enormously. */
 export const MAX_INPUT_ENTRIES = 2_000_000;
@@ -26,13 +34,19 @@ export interface MaterializeOptions {
   rootDigest: Digest;
   access: ContentAccess;
   cache: FileCache;
-  /** An existing, empty directory to fill. */
+  /** The directory to fill: created if absent, else it must be empty (it gets the owner and mode). */
   dest: string;
   /** Owner of every directory created (the action's user); left as is when undefined. */
   uid?: number;
   gid?: number;
   /** Decoded, already-checked Directory protos by digest key, shared between actions. */
   directoryCache?: Map<string, rex.Directory>;
+  /**
+   * Directories the action needs besides its inputs (outputParents()): created with the tree,
+   * in the same pass, where no input file or symlink is in their way. createOutputParents()
+   * afterwards finds them made and deals with the rest.
+   */
+  extraDirectories?: string[];
 }
 
 export interface MaterializedInputs {
@@ -54,6 +68,7 @@ interface Plan {
 export async function materializeInputRoot(opts: MaterializeOptions): Promise<MaterializedInputs> {
   const { directories, missingDirectories, fromCache } = await fetchDirectories(opts);
   const plan = planPaths(opts.rootDigest, directories);
+  addExtraDirectories(plan, opts.extraDirectories ?? []);
 
   // Cached Directory protos are re-checked for presence too, so the answer is exactly what
   // this instance's CAS lacks, whatever other actions left in the cache.
@@ -64,7 +79,7 @@ export async function materializeInputRoot(opts: MaterializeOptions): Promise<Ma
     throw failedPrecondition(`input root ${digestKey(opts.rootDigest)}: ${keys.length} blob(s) missing from the CAS: ${keys.slice(0, 5).join(', ')}${keys.length > 5 ? ', ...' : ''}`, keys);
   }
 
-  const pinned: { digest: Digest; isExecutable: boolean }[] = [];
+  const pinned: CacheVariant[] = [];
   let released = false;
   const release = () => {
     if (released) return;
@@ -72,24 +87,10 @@ export async function materializeInputRoot(opts: MaterializeOptions): Promise<Ma
     for (const p of pinned) opts.cache.unpin(p.digest, p.isExecutable);
   };
   try {
-    await createDirectories(opts, plan.directories);
-    const cachePaths = new Map<string, Promise<string>>();
-    await runAll(plan.files, async (file) => {
-      const variant = `${digestKey(file.digest)}${file.isExecutable ? '.x' : ''}`;
-      let source = cachePaths.get(variant);
-      if (!source) {
-        source = opts.cache.ensure(opts.instanceName, file.digest, file.isExecutable).then((p) => {
-          pinned.push(file);
-          return p;
-        });
-        cachePaths.set(variant, source);
-      }
-      await linkOrCopy(await source, path.join(opts.dest, file.path), file.isExecutable);
-    });
-    await runAll(plan.symlinks, (link) => createSymlink(opts, link));
+    const cacheFiles = await ensureCacheFiles(opts, plan.files, pinned);
+    await createTree(opts, plan, cacheFiles);
   } catch (err) {
-    // runAll has let every started ensure() settle, so `pinned` is complete here.
-    release();
+    release(); // everything started has settled (settleAll), so `pinned` is complete and nothing links any more
     throw err;
   }
   return { files: plan.files.length, bytes: plan.files.reduce((sum, f) => sum + f.digest.sizeBytes, 0), release };
@@ -101,34 +102,50 @@ export async function materializeInputRoot(opts: MaterializeOptions): Promise<Ma
  * components are walked without leaving the root; new ones belong to the action's user.
  */
 export async function createOutputParents(root: string, workingDirectory: string, outputPaths: string[], uid?: number, gid?: number): Promise<void> {
+  const owning: Promise<void>[] = []; // each new directory's chown runs while the walk goes on
+  try {
+    for (const parent of outputParents(workingDirectory, outputPaths)) await walkOutputParent(root, parent, uid, gid, owning);
+  } finally {
+    await settleAll(owning);
+  }
+}
+
+/** The working directory and the parent of every output path in it, relative to the input root ('' is the root). */
+export function outputParents(workingDirectory: string, outputPaths: string[]): string[] {
   if (workingDirectory) checkRelativePath(workingDirectory, 'working_directory');
   const parents = new Set<string>([workingDirectory]);
   for (const output of outputPaths) {
     checkRelativePath(output, 'output path');
-    parents.add(path.posix.join(workingDirectory, path.posix.dirname(output)));
+    const parent = path.posix.join(workingDirectory, path.posix.dirname(output));
+    parents.add(parent === '.' ? '' : parent);
   }
-  for (const parent of parents) {
-    let current = root;
-    for (const segment of parent.split('/').filter((s) => s !== '' && s !== '.')) {
-      current = path.join(current, segment);
-      const st = await fs.lstat(current).catch((err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') return undefined;
-        throw err;
-      });
-      if (!st) {
-        await makeOwnedDirectory(current, uid, gid);
-      } else if (st.isSymbolicLink()) {
-        // Input symlinks were checked to stay inside the root, so following one is safe; still,
-        // confirm where it lands before creating anything beneath it.
-        const real = await fs.realpath(current);
-        const realRoot = await fs.realpath(root);
-        if (real !== realRoot && !real.startsWith(realRoot + path.sep)) {
-          throw invalidArgument(`output parent ${path.relative(root, current)} resolves outside the input root`);
-        }
-        if (!(await fs.stat(current)).isDirectory()) throw invalidArgument(`output parent ${path.relative(root, current)} is a symlink to a non-directory in the input root`);
-      } else if (!st.isDirectory()) {
-        throw invalidArgument(`output parent ${path.relative(root, current)} is a file in the input root`);
+  return [...parents];
+}
+
+async function walkOutputParent(root: string, parent: string, uid: number | undefined, gid: number | undefined, owning: Promise<void>[]): Promise<void> {
+  let current = root;
+  let created = false;
+  for (const segment of parent.split('/').filter((s) => s !== '' && s !== '.')) {
+    current = path.join(current, segment);
+    // Below a directory made here, nothing exists yet: no need to look. Looking is read-only,
+    // so synchronous (see paced-fs.ts).
+    const st = created ? undefined : lstatSync(current, { throwIfNoEntry: false });
+    await paced();
+    if (!st) {
+      await fs.mkdir(current, DIRECTORY_MODE);
+      owning.push(ownNewDirectory(current, uid, gid));
+      created = true;
+    } else if (st.isSymbolicLink()) {
+      // Input symlinks were checked to stay inside the root, so following one is safe; still,
+      // confirm where it lands before creating anything beneath it.
+      const real = realpathSync(current);
+      const realRoot = realpathSync(root);
+      if (real !== realRoot && !real.startsWith(realRoot + path.sep)) {
+        throw invalidArgument(`output parent ${path.relative(root, current)} resolves outside the input root`);
       }
+      if (!statSync(current).isDirectory()) throw invalidArgument(`output parent ${path.relative(root, current)} is a symlink to a non-directory in the input root`);
+    } else if (!st.isDirectory()) {
+      throw invalidArgument(`output parent ${path.relative(root, current)} is a file in the input root`);
     }
   }
 }
@@ -149,27 +166,39 @@ export function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
   };
 }
 
+/** One file of the FileCache: content and mode. */
+type CacheVariant = { digest: Digest; isExecutable: boolean };
+
+function variantKey(file: CacheVariant): string {
+  return `${digestKey(file.digest)}${file.isExecutable ? '.x' : ''}`;
+}
+
 /**
- * Runs fn over items, DISK_CONCURRENCY at a time. After a failure nothing new starts, but the
- * call returns (throwing the first error) only once running tasks have finished, so no pin is
- * taken after the caller has released its pins.
+ * The cache file for every distinct (content, mode) among the files, fetched where missing,
+ * FETCH_CONCURRENCY at a time; each is pinned and recorded in `pinned`. On a failure the call
+ * still waits for every ensure() it started, so `pinned` is complete when it throws.
  */
-async function runAll<T>(items: T[], fn: (item: T) => Promise<void>): Promise<void> {
-  const limit = limiter(DISK_CONCURRENCY);
-  let failure: { error: unknown } | undefined;
-  await Promise.all(
-    items.map((item) =>
+async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], pinned: CacheVariant[]): Promise<Map<string, string>> {
+  const variants = new Map<string, CacheVariant>();
+  for (const file of files) variants.set(variantKey(file), file);
+  const limit = limiter(FETCH_CONCURRENCY);
+  const paths = new Map<string, string>();
+  await settleAll(
+    [...variants].map(([key, file]) =>
       limit(async () => {
-        if (failure) return;
-        try {
-          await fn(item);
-        } catch (error) {
-          failure ??= { error };
-        }
+        paths.set(key, await opts.cache.ensure(opts.instanceName, file.digest, file.isExecutable));
+        pinned.push(file);
       }),
     ),
   );
-  if (failure) throw failure.error;
+  return paths;
+}
+
+/** Like Promise.all, but rejects (with the first failure) only once every task has settled: nothing runs on after it. */
+export async function settleAll(tasks: Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(tasks);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 async function fetchDirectories(opts: MaterializeOptions): Promise<{ directories: Map<string, CheckedDirectory>; missingDirectories: Digest[]; fromCache: Digest[] }> {
@@ -262,26 +291,86 @@ function planPaths(rootDigest: Digest, directories: Map<string, CheckedDirectory
   return plan;
 }
 
-/** Creates the root's ownership and every planned directory, parents before children. */
-async function createDirectories(opts: MaterializeOptions, directories: string[]): Promise<void> {
-  await setOwnerAndMode(opts.dest, opts.uid, opts.gid);
-  // Depth-first order puts parents first; group by depth so each level can run in parallel.
-  const byDepth: string[][] = [];
-  for (const d of directories) (byDepth[d.split('/').length - 1] ??= []).push(d);
-  const limit = limiter(DISK_CONCURRENCY);
-  for (const level of byDepth) {
-    await Promise.all((level ?? []).map((d) => limit(() => makeOwnedDirectory(path.join(opts.dest, d), opts.uid, opts.gid))));
+/**
+ * Adds each extra directory, and its missing ancestors, to the plan, unless a planned file or
+ * symlink is on its way: that one is left for createOutputParents() to judge on disk.
+ */
+function addExtraDirectories(plan: Plan, extra: string[]): void {
+  if (extra.length === 0) return;
+  const directories = new Set(plan.directories);
+  const others = new Set([...plan.files.map((f) => f.path), ...plan.symlinks.map((l) => l.path)]);
+  for (const dir of extra) {
+    let prefix = '';
+    for (const segment of dir.split('/').filter((s) => s !== '')) {
+      prefix = prefix ? `${prefix}/${segment}` : segment;
+      if (others.has(prefix)) break;
+      if (directories.has(prefix)) continue;
+      directories.add(prefix);
+      plan.directories.push(prefix);
+    }
   }
 }
 
-async function makeOwnedDirectory(dir: string, uid?: number, gid?: number): Promise<void> {
-  await fs.mkdir(dir);
-  await setOwnerAndMode(dir, uid, gid);
+/**
+ * Creates the root (or takes over an existing one), then each directory's entries once it
+ * exists. At most DISK_CONCURRENCY calls at once. On a failure the call rejects only once
+ * everything started has settled (settleAll); a directory that failed gets no entries.
+ */
+async function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string, string>): Promise<void> {
+  const children = new Map<string, { directories: string[]; files: Plan['files']; symlinks: Plan['symlinks'] }>();
+  const childrenOf = (relative: string) => {
+    const parent = path.posix.dirname(relative);
+    const key = parent === '.' ? '' : parent;
+    let entry = children.get(key);
+    if (!entry) children.set(key, (entry = { directories: [], files: [], symlinks: [] }));
+    return entry;
+  };
+  for (const d of plan.directories) childrenOf(d).directories.push(d);
+  for (const f of plan.files) childrenOf(f.path).files.push(f);
+  for (const l of plan.symlinks) childrenOf(l.path).symlinks.push(l);
+
+  const limit = limiter(DISK_CONCURRENCY);
+  const { uid, gid } = opts;
+  const at = (relative: string) => path.join(opts.dest, relative);
+  const fill = (relative: string): Promise<void> => {
+    const entry = children.get(relative);
+    if (!entry) return Promise.resolve();
+    return settleAll([
+      ...entry.directories.map(async (d) => {
+        await limit(() => fs.mkdir(at(d), DIRECTORY_MODE));
+        await settleAll([limit(() => ownNewDirectory(at(d), uid, gid)), fill(d)]);
+      }),
+      ...entry.files.map((f) => limit(() => linkOrCopy(cacheFiles.get(variantKey(f))!, at(f.path), f.isExecutable))),
+      ...entry.symlinks.map((l) => limit(() => createSymlink(opts, l))),
+    ]);
+  };
+
+  const existed = await fs.mkdir(opts.dest, DIRECTORY_MODE).then(
+    () => false,
+    (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+      return true; // e.g. a container's own input root directory
+    },
+  );
+  await settleAll([existed ? setOwnerAndMode(opts.dest, uid, gid) : ownNewDirectory(opts.dest, uid, gid), fill('')]);
 }
 
+/** A new directory, mode 0755 whatever the worker's umask, owned by uid/gid when given. */
+export async function makeOwnedDirectory(dir: string, uid?: number, gid?: number): Promise<void> {
+  await fs.mkdir(dir, DIRECTORY_MODE);
+  await ownNewDirectory(dir, uid, gid);
+}
+
+/** Gives a directory just made with DIRECTORY_MODE its owner, and its mode if the umask took bits off. */
+async function ownNewDirectory(dir: string, uid?: number, gid?: number): Promise<void> {
+  if (uid !== undefined || gid !== undefined) await fs.chown(dir, uid ?? -1, gid ?? -1);
+  if ((processUmask() & DIRECTORY_MODE) !== 0) await fs.chmod(dir, DIRECTORY_MODE);
+}
+
+/** An existing directory, whose mode an earlier action may have changed. */
 async function setOwnerAndMode(dir: string, uid?: number, gid?: number): Promise<void> {
   if (uid !== undefined || gid !== undefined) await fs.chown(dir, uid ?? -1, gid ?? -1);
-  await fs.chmod(dir, 0o755); // explicit: the worker's umask must not decide what actions may do
+  await fs.chmod(dir, DIRECTORY_MODE); // explicit: the worker's umask must not decide what actions may do
 }
 
 /**

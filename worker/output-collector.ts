@@ -3,7 +3,7 @@
 // lstat from the root down: a symlink the action planted is recorded as a symlink, never
 // followed, and no host file outside the root is ever read.
 import { createHash } from 'node:crypto';
-import { Stats, constants as fsConstants, promises as fs } from 'node:fs';
+import { Stats, closeSync, constants as fsConstants, createReadStream, fstatSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { rex } from '../apis';
 import { Digest, SHA256_EMPTY, digestKey, digestOf } from '../cas/digest';
@@ -12,8 +12,11 @@ import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
 import { compareNames } from './directory-rules';
 import { limiter } from './input-tree';
+import { paced } from './paced-fs';
 
 const UPLOAD_CONCURRENCY = 16;
+/** Output files up to this size are read into memory and stored from there (see readRegularFile). */
+const IN_MEMORY_BYTES = 1024 * 1024;
 
 export interface CollectOptions {
   instanceName: string;
@@ -99,7 +102,8 @@ async function lstatInsideRoot(root: string, workingDirectory: string, output: s
   let absolute = root;
   for (let i = 0; i < segments.length; i++) {
     absolute = path.join(absolute, segments[i]);
-    const stat = await lstatOrUndefined(absolute);
+    const stat = lstatOrUndefined(absolute);
+    await paced();
     if (!stat) return undefined;
     if (i === segments.length - 1) return { absolute, stat };
     if (stat.isSymbolicLink()) {
@@ -111,9 +115,9 @@ async function lstatInsideRoot(root: string, workingDirectory: string, output: s
   return undefined;
 }
 
-async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
+function lstatOrUndefined(file: string): Stats | undefined {
   try {
-    return await fs.lstat(file);
+    return lstatSync(file);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
@@ -134,8 +138,8 @@ function isExecutable(stat: Stats): boolean {
 }
 
 /** The link's target as text. Absolute targets are refused: Capabilities says DISALLOWED. */
-async function readRelativeLink(file: string, where: string): Promise<string> {
-  const target = await fs.readlink(file);
+function readRelativeLink(file: string, where: string): string {
+  const target = readlinkSync(file);
   if (target.startsWith('/')) {
     throw failedPrecondition(`output symlink ${JSON.stringify(where)} -> ${JSON.stringify(target)} is absolute; this server disallows absolute symlinks`);
   }
@@ -186,23 +190,23 @@ function collectDistinct(root: BuiltDirectory): BuiltDirectory[] {
 }
 
 async function buildDirectory(absolute: string, relative: string, uploader: Uploader): Promise<BuiltDirectory> {
-  const entries = (await fs.readdir(absolute, { withFileTypes: true })).sort((a, b) => compareNames(a.name, b.name));
+  const entries = readdirSync(absolute).sort(compareNames);
+  await paced();
   const files: rex.FileNode.$Properties[] = [];
   const directories: rex.DirectoryNode.$Properties[] = [];
   const symlinks: rex.SymlinkNode.$Properties[] = [];
   const children: BuiltDirectory[] = [];
   // Results are written by index so the lists keep name order whatever finishes first.
   const built = await Promise.all(
-    entries.map(async (entry) => {
-      const child = path.join(absolute, entry.name);
-      const childRelative = `${relative}/${entry.name}`;
-      // readdir types come from the directory itself (d_type) and never follow links; a
-      // filesystem that does not report them gets an lstat.
-      const stat = await fs.lstat(child);
+    entries.map(async (name) => {
+      const child = path.join(absolute, name);
+      const childRelative = `${relative}/${name}`;
+      const stat = lstatSync(child); // never follows a link; gives the mode too
+      await paced();
       const kind = kindOf(stat, childRelative);
-      if (kind === 'file') return { kind, name: entry.name, digest: await uploader.file(child), isExecutable: isExecutable(stat) } as const;
-      if (kind === 'symlink') return { kind, name: entry.name, target: await readRelativeLink(child, childRelative) } as const;
-      return { kind, name: entry.name, built: await buildDirectory(child, childRelative, uploader) } as const;
+      if (kind === 'file') return { kind, name, digest: await uploader.file(child), isExecutable: isExecutable(stat) } as const;
+      if (kind === 'symlink') return { kind, name, target: readRelativeLink(child, childRelative) } as const;
+      return { kind, name, built: await buildDirectory(child, childRelative, uploader) } as const;
     }),
   );
   for (const b of built) {
@@ -228,8 +232,8 @@ class Uploader {
   /** Hashes a regular file (refusing to open it through a symlink) and uploads it. */
   file(file: string): Promise<Digest> {
     return this.limit(async () => {
-      const digest = await hashRegularFile(file);
-      await this.once(digest, () => this.access.uploadFile(this.instanceName, digest, file));
+      const { digest, data } = await readRegularFile(file);
+      await this.once(digest, () => (data ? this.access.uploadBlob(this.instanceName, digest, data) : this.access.uploadFile(this.instanceName, digest, file)));
       return digest;
     });
   }
@@ -249,19 +253,33 @@ class Uploader {
   }
 }
 
-// O_NONBLOCK: a FIFO swapped in after the lstat must fail the type check, not hang the open.
-async function hashRegularFile(file: string): Promise<Digest> {
-  const handle = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+/**
+ * The digest of a regular file, and for a small one (most outputs: objects, stamps, logs) its
+ * content too, read in one go: uploading from memory is one write where a file upload copies
+ * through a temporary file. A small file is read synchronously (the action just wrote it: page
+ * cache, see paced-fs.ts); a larger one is hashed as a stream and uploaded from disk.
+ * O_NONBLOCK: a FIFO swapped in after the lstat must fail the type check, not hang the open.
+ */
+async function readRegularFile(file: string): Promise<{ digest: Digest; data?: Buffer }> {
+  const fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
   try {
-    if (!(await handle.stat()).isFile()) throw failedPrecondition(`output ${file} is not a regular file`);
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw failedPrecondition(`output ${file} is not a regular file`);
+    if (stat.size <= IN_MEMORY_BYTES) {
+      // One read: the action is over, nothing changes the file now; should it have, what was read is what gets stored.
+      const buffer = Buffer.allocUnsafe(stat.size);
+      const data = buffer.subarray(0, stat.size === 0 ? 0 : readSync(fd, buffer, 0, stat.size, 0));
+      return { digest: digestOf(data), data };
+    }
     const hash = createHash('sha256');
     let sizeBytes = 0;
-    for await (const chunk of handle.createReadStream({ autoClose: false, highWaterMark: 1 << 20 })) {
+    for await (const chunk of createReadStream(file, { fd, autoClose: false, start: 0, highWaterMark: 1 << 20 })) {
       hash.update(chunk as Buffer);
       sizeBytes += (chunk as Buffer).length;
     }
-    return { hash: hash.digest('hex'), sizeBytes };
+    return { digest: { hash: hash.digest('hex'), sizeBytes } };
   } finally {
-    await handle.close();
+    closeSync(fd);
+    await paced();
   }
 }

@@ -11,7 +11,7 @@ import { PlatformProperty } from '../scheduler/platform';
 import { statusProto } from '../server/grpc-adapter';
 import { RpcError } from '../server/rpc-error';
 import { log } from '../server/log';
-import { PipelineOptions, PipelineOutcome, runActionPipeline } from './action-pipeline';
+import { PipelineOptions, PipelineOutcome, PipelineRun, runActionPipeline } from './action-pipeline';
 import { WorkerObserver, outcomeOf } from './worker-metrics';
 
 /** Where successful results go: the ActionCache, written with the farm's own authority. */
@@ -33,6 +33,8 @@ export interface WorkerOptions {
 export class Worker {
   private readonly stopTaking = new AbortController();
   private loops: Promise<void>[] = [];
+  /** Directories of finished actions being removed (removeInBackground). */
+  private readonly removals = new Set<Promise<void>>();
 
   constructor(private readonly opts: WorkerOptions) {}
 
@@ -40,10 +42,11 @@ export class Worker {
     for (let i = 0; i < this.opts.concurrency; i++) this.loops.push(this.loop());
   }
 
-  /** Takes no new actions, finishes the running ones. */
+  /** Takes no new actions, finishes the running ones (and removes their directories). */
   async drain(): Promise<void> {
     this.stopTaking.abort();
     await Promise.all(this.loops);
+    await Promise.all(this.removals);
   }
 
   private async loop(): Promise<void> {
@@ -74,14 +77,28 @@ export class Worker {
     const watching = this.watchForCancel(job.operationName, cancel);
     const { observer } = this.opts;
     observer?.actionStarted();
-    let outcome: PipelineOutcome | undefined;
+    let run: PipelineRun | undefined;
     try {
-      outcome = await runActionPipeline(this.opts.pipeline, job.instanceName, job.actionDigest, job.queuedAt, cancel.signal);
+      run = await runActionPipeline(this.opts.pipeline, job.instanceName, job.actionDigest, job.queuedAt, cancel.signal);
     } finally {
       watching.stop();
-      observer?.actionFinished(outcome ? outcomeOf(outcome) : 'error', outcome?.result?.executionMetadata);
+      observer?.actionFinished(run ? outcomeOf(run.outcome) : 'error', run?.outcome.result?.executionMetadata);
     }
-    let { status: st } = outcome;
+    try {
+      await this.report(lease, run.outcome);
+    } finally {
+      // After the client has its result. The slot and pins before this loop takes another
+      // action; the directory's removal may overlap with that action.
+      await run.release();
+      await this.removeInBackground(run);
+    }
+  }
+
+  /** Caches a successful result, completes the operation and the lease. */
+  private async report(lease: Lease, outcome: PipelineOutcome): Promise<void> {
+    const { job } = lease;
+    const { operations } = this.opts;
+    const { status: st } = outcome;
     if (outcome.result && outcome.cacheable) {
       try {
         await this.opts.results.store(job.instanceName, job.actionDigest, outcome.result);
@@ -100,6 +117,17 @@ export class Worker {
     });
     await operations.update(job.operationName, { stage: 'COMPLETED', done: true, response });
     await lease.complete();
+  }
+
+  /**
+   * Starts removing a finished action's directory without waiting for it, but with at most
+   * `concurrency` removals pending: a disk too slow to keep up slows the worker down instead
+   * of piling up directories.
+   */
+  private async removeInBackground(run: PipelineRun): Promise<void> {
+    while (this.removals.size >= this.opts.concurrency) await Promise.race(this.removals);
+    const removal = run.removeDirectory().finally(() => this.removals.delete(removal));
+    this.removals.add(removal);
   }
 
   /** Aborts `cancel` if a client asks CancelOperation while the action runs. */

@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { emptyDirectory } from '../remove-tree';
 
 /**
  * A new, empty directory directly under the exec root. The exec root is mounted into every
@@ -22,9 +23,8 @@ export async function createInputRootDir(execRoot: string): Promise<string> {
  * action set (a 000 directory, say) do not stop it; symlinks are removed, never followed.
  * Only called once the runner has swept the container, so nothing is still writing here.
  */
-export async function emptyInputRootDir(dir: string): Promise<void> {
-  const names = await fs.readdir(dir);
-  await Promise.all(names.map((name) => fs.rm(path.join(dir, name), { recursive: true, force: true })));
+export function emptyInputRootDir(dir: string): Promise<void> {
+  return emptyDirectory(dir);
 }
 
 export async function removeInputRootDir(dir: string): Promise<void> {
