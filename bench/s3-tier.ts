@@ -12,28 +12,18 @@
 // same for every build; the server is started before and stopped after each timed build.
 // Run: npm run build && node dist/bench/s3-tier.js   (BENCH_REPS=N, default 3)
 import { spawnSync } from 'node:child_process';
-import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { rmSync } from 'node:fs';
 import { BAZEL, BazelResult, cleanupBazel, copyWorkspace, makeOutputBase, parseProcessSummary, runBazel } from '../test/helpers/bazel';
 import { startS3 } from '../test/helpers/s3';
 import { ServerProcess, startServerProcess, tempDir } from '../test/helpers/server-process';
 import { median, printTable } from './helpers/stats';
+import { freePort } from '../test/helpers/ports';
 
 const TARGETS = ['//...', '//naps:naps', '//naps:tree'];
 const REPS = Number(process.env.BENCH_REPS ?? 3);
 const PREFIX = 'bench';
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function main(): Promise<void> {
   if (spawnSync(BAZEL, ['--version'], { stdio: 'ignore' }).status !== 0) throw new Error(`no ${BAZEL} on PATH`);

@@ -13,8 +13,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, promises as fs } from 'node:fs';
-import { createServer } from 'node:net';
+import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { Client } from 'minio';
 import { longrunning, rex } from '../apis';
@@ -22,9 +21,11 @@ import { OperationsClient, OperationsService, createClient, unary } from '../api
 import { SHA256_EMPTY } from '../cas/digest';
 import { BAZEL, BazelResult, ProcessSummary, cleanupBazel, copyWorkspace, makeOutputBase, parseProcessSummary, runBazel, shutdownBazel } from './helpers/bazel';
 import { decodeOperation } from './helpers/actions';
+import { hashTree } from './helpers/bazel-outputs';
 import { TestRedis, startRedis } from './helpers/redis';
 import { S3_ACCESS_KEY, S3_SECRET_KEY, TestS3, startS3 } from './helpers/s3';
 import { ServerProcess, WorkerProcess, startServerProcess, startWorkerProcess, tempDir } from './helpers/server-process';
+import { freePort } from './helpers/ports';
 
 const IMAGE = 'reapi-toolchain:bookworm';
 const BIG_SHA256 = '392ca00ad3d105ac9620d6de7b57293b42a1b2a8741a15d4d5646a4fb78d78fb';
@@ -70,16 +71,6 @@ function scratch(prefix: string): string {
   return dir;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** `reapi serve` of this farm: Redis queue, the shared bucket, no embedded worker. */
 function startFarmServer(opts: { dataDir: string; listen?: string; storage?: string }): Promise<ServerProcess> {
@@ -194,31 +185,6 @@ function assertAllCacheHits(phase: string, s: ProcessSummary, r: BazelResult): v
   assertNothingLocal(phase, s, r);
   assert.ok(s.remoteCacheHit > 0, `${phase}: no cache hits at all: ${JSON.stringify(s)}`);
   assert.equal(s.remote, 0, `${phase}: something executed: ${JSON.stringify(s)}\n${farmDetail(r)}`);
-}
-
-function sha256File(file: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(file)
-      .on('data', (b) => h.update(b))
-      .on('error', reject)
-      .on('end', () => resolve(h.digest('hex')));
-  });
-}
-
-/** sha256 of every regular file under dir, runfiles trees and manifests (Bazel's own) left out. */
-async function hashTree(dir: string): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
-  const walk = async (d: string): Promise<void> => {
-    for (const e of await fs.readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.name.endsWith('.runfiles') || e.name.endsWith('.runfiles_manifest')) continue;
-      if (e.isDirectory()) await walk(p);
-      else if (e.isFile()) out.set(path.relative(dir, p), await sha256File(p));
-    }
-  };
-  await walk(dir);
-  return new Map([...out].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
 const sha256 = (s: string | Buffer) => createHash('sha256').update(s).digest('hex');

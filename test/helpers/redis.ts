@@ -2,9 +2,10 @@
 // no persistence, killed (not asked) in stop() so a wedged server cannot hang the suite.
 import { ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { freePort } from './ports';
 
 export interface TestRedis {
   url: string;
@@ -47,16 +48,6 @@ export async function startRedis(opts: { port?: number } = {}): Promise<TestRedi
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Pings until PONG (true) or the process exits / 10 s pass (false). */
 async function answers(port: number, child: ChildProcess): Promise<boolean> {
