@@ -1,11 +1,10 @@
 // One slot of the process sandbox, held by one action: its runner runs the action as the slot's
 // uid and sweeps that uid afterwards.
-import os from 'node:os';
-import path from 'node:path';
 import type { InputRootMount } from './container-settings';
 import { RunnerConnectionError, exchangeWithRunner } from './runner-client';
 import type { RunnerProcess } from './runner-process';
 import { decodeReply, encodeRequest } from './runner-protocol';
+import { isUnder, sandboxResultOf } from './runner-result';
 import type { ActionUser, SandboxResult, SandboxSlot, SlotRunRequest } from './sandbox';
 import { SandboxError } from './sandbox-error';
 
@@ -76,15 +75,7 @@ export class ProcessSlot implements SandboxSlot {
       }
       // Processes of this uid outlived the sweep: a fresh runner sweeps again before it listens.
       if (reply.straysSurvived) await runner.stop();
-      if (!reply.started) throw new SandboxError(`runner could not start the action: ${reply.message}`, { image, argv0 });
-      const signal = reply.termSignal ? signalName(reply.termSignal) : undefined;
-      return {
-        exitCode: reply.termSignal ? 128 + reply.termSignal : reply.exitCode,
-        ...(signal ? { signal } : {}),
-        timedOut: reply.timedOut,
-        ...(reply.outputLimitExceeded ? { outputLimitExceeded: true } : {}),
-        wallMicros: reply.wallMicros,
-      };
+      return sandboxResultOf(reply, image, argv0);
     }
   }
 
@@ -103,14 +94,4 @@ export class ProcessSlot implements SandboxSlot {
       if (!roots.some((root) => isUnder(root, p))) throw new SandboxError(`${what} ${p} is not an absolute path under ${roots.join(' or ')}`, { image, argv0 });
     }
   }
-}
-
-function isUnder(root: string, p: string): boolean {
-  return path.isAbsolute(p) && (path.resolve(p) === root || path.resolve(p).startsWith(root + path.sep));
-}
-
-const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, num]) => [num as number, name]));
-
-function signalName(num: number): string {
-  return SIGNAL_NAMES.get(num) ?? `SIG${num}`;
 }

@@ -1,11 +1,10 @@
 // One acquired container, held by one action from staging its inputs to collecting its outputs.
-import os from 'node:os';
-import path from 'node:path';
 import type { ContainerPool } from './container-pool';
 import type { InputRootMount } from './container-settings';
 import { emptyInputRootDir } from './input-root-dir';
 import { RunnerConnectionError, exchangeWithRunner } from './runner-client';
 import { decodeReply, encodeRequest } from './runner-protocol';
+import { isUnder, sandboxResultOf } from './runner-result';
 import type { SandboxContainer } from './sandbox-container';
 import { SandboxError } from './sandbox-error';
 import type { SandboxResult, SandboxSlot, SlotRunRequest } from './sandbox';
@@ -68,15 +67,7 @@ export class ContainerSlot implements SandboxSlot {
       if (!reply) return this.fail(new Error(`malformed reply from runner (${raw.length} bytes)`), argv0);
       // A container whose sweep left processes behind is not clean enough for the next action.
       if (reply.straysSurvived) this.reusable = false;
-      if (!reply.started) throw new SandboxError(`runner could not start the action: ${reply.message}`, { image, argv0 });
-      const signal = reply.termSignal ? signalName(reply.termSignal) : undefined;
-      return {
-        exitCode: reply.termSignal ? 128 + reply.termSignal : reply.exitCode,
-        ...(signal ? { signal } : {}),
-        timedOut: reply.timedOut,
-        ...(reply.outputLimitExceeded ? { outputLimitExceeded: true } : {}),
-        wallMicros: reply.wallMicros,
-      };
+      return sandboxResultOf(reply, image, argv0);
     }
   }
 
@@ -118,14 +109,4 @@ export class ContainerSlot implements SandboxSlot {
     this.giveUp();
     throw new SandboxError(`sandbox runner failed: ${(err as Error).message}; ${state}`, { image: container.image, container: container.id, argv0 }, { cause: err });
   }
-}
-
-function isUnder(root: string, p: string): boolean {
-  return path.isAbsolute(p) && (path.resolve(p) === root || path.resolve(p).startsWith(root + path.sep));
-}
-
-const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, num]) => [num as number, name]));
-
-function signalName(num: number): string {
-  return SIGNAL_NAMES.get(num) ?? `SIG${num}`;
 }
