@@ -25,28 +25,35 @@ export function tempDir(prefix: string): string {
   return mkdtempSync(path.join(tmpdir(), `reapi-${prefix}-`));
 }
 
-export async function startServerProcess(opts: { dataDir?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<ServerProcess> {
-  const dataDir = opts.dataDir ?? tempDir('data');
-  const child = spawn(process.execPath, [REAPI_BIN, 'serve', '--listen', '127.0.0.1:0', '--data', dataDir, ...(opts.args ?? [])], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...opts.env },
-  });
+/** A running `reapi` subcommand: its output so far and how to stop it. */
+interface ReapiChild {
+  child: ChildProcess;
+  /** The first match of the ready pattern in its stdout. */
+  ready: RegExpExecArray;
+  stdout(): string;
+  stderr(): string;
+  stop(): Promise<number | null>;
+  kill(): Promise<void>;
+}
+
+/** Spawns `reapi ARGS` and resolves once its stdout matches `readyLine` (rejects if it exits first). */
+async function startReapi(args: string[], env: NodeJS.ProcessEnv | undefined, readyLine: RegExp): Promise<ReapiChild> {
+  const child = spawn(process.execPath, [REAPI_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let err = '';
+  let out = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  let out = '';
-  const address = await new Promise<string>((resolve, reject) => {
+  const ready = await new Promise<RegExpExecArray>((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      const m = /listening on (\S+)/.exec(out);
-      if (m) resolve(m[1]);
+      const m = readyLine.exec(out);
+      if (m) resolve(m);
     });
-    child.once('exit', (code) => reject(new Error(`reapi serve exited with ${code} before listening:\n${err}`)));
+    child.once('exit', (code) => reject(new Error(`reapi ${args[0]} exited with ${code} before it was ready:\n${err}`)));
   });
   return {
-    address,
-    dataDir,
     child,
+    ready,
     stdout: () => out,
     stderr: () => err,
     async stop() {
@@ -58,6 +65,12 @@ export async function startServerProcess(opts: { dataDir?: string; args?: string
       await exited;
     },
   };
+}
+
+export async function startServerProcess(opts: { dataDir?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<ServerProcess> {
+  const dataDir = opts.dataDir ?? tempDir('data');
+  const { ready, ...rest } = await startReapi(['serve', '--listen', '127.0.0.1:0', '--data', dataDir, ...(opts.args ?? [])], opts.env, /listening on (\S+)/);
+  return { address: ready[1], dataDir, ...rest };
 }
 
 export interface WorkerProcess {
@@ -85,35 +98,8 @@ export async function startWorkerProcess(opts: {
   env?: NodeJS.ProcessEnv;
 }): Promise<WorkerProcess> {
   const workDir = opts.workDir ?? tempDir('worker');
-  const child = spawn(
-    process.execPath,
-    [REAPI_BIN, 'worker', '--server', opts.server.includes('://') ? opts.server : `grpc://${opts.server}`, '--redis', opts.redis, '--name', opts.name, '--work-dir', workDir, ...(opts.args ?? [])],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
-  );
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  let out = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (/taking actions/.test(out)) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`reapi worker exited with ${code} before it was ready:\n${err}`)));
-  });
-  return {
-    name: opts.name,
-    workDir,
-    child,
-    stdout: () => out,
-    stderr: () => err,
-    async stop() {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      return exited;
-    },
-    async kill() {
-      if (child.exitCode === null) child.kill('SIGKILL');
-      await exited;
-    },
-  };
+  const server = opts.server.includes('://') ? opts.server : `grpc://${opts.server}`;
+  const args = ['worker', '--server', server, '--redis', opts.redis, '--name', opts.name, '--work-dir', workDir, ...(opts.args ?? [])];
+  const { ready: _ready, ...rest } = await startReapi(args, opts.env, /taking actions/);
+  return { name: opts.name, workDir, ...rest };
 }
