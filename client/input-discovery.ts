@@ -1,7 +1,9 @@
-// Which files one object pipeline reads: the source, every header the preprocessor pulls in under
-// the same flags (`gcc -M`), and every in-tree file the recipe names (tools, scripts, appended-to
-// files). When the recipe is unchanged and none of the files recorded for it last time changed,
-// the recorded list is reused without running the preprocessor (ccache's "direct mode").
+// Which files one object pipeline reads: the source, every header it may include, and every
+// in-tree file the recipe names (tools, scripts, appended-to files). Headers come from the
+// include scanner (a superset, in milliseconds) or, where it cannot be sure, from the
+// preprocessor under the same flags (`gcc -M`, exact, tens of milliseconds). When the recipe is
+// unchanged and none of the files recorded for it last time changed, the recorded list is reused
+// without either (ccache's "direct mode").
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
@@ -9,6 +11,7 @@ import { InputFile } from './action-builder';
 import { CompileCommand } from './compile-args';
 import { parseDepfile } from './depfile';
 import { DigestCache, FileDigest } from './digest-cache';
+import { IncludeScanner } from './include-scanner';
 
 export interface DiscoveryRequest {
   root: string;
@@ -23,13 +26,19 @@ export interface DiscoveryRequest {
   recorded?: Record<string, string>;
   /** The .incbin names recorded with it. */
   recordedIncbin?: string[];
+  /** Without it, or when `preprocess` is set, headers come from the preprocessor. */
+  scanner?: IncludeScanner;
+  preprocess?: boolean;
 }
+
+/** Where the header list came from: the last build's record, the include scanner, or `gcc -M`. */
+export type HeaderSource = 'recorded' | 'scanned' | 'preprocessed';
 
 export type Discovery =
   | {
       ok: true;
       inputs: InputFile[];
-      usedRecorded: boolean;
+      headers: HeaderSource;
       /** The recorded inputs, unchanged, and nothing else: the action is the recorded one. */
       sameAsRecorded: boolean;
       /** What the source's .incbin directives name (existing files only), for the next build. */
@@ -46,31 +55,35 @@ export function digestString(d: FileDigest): string {
 
 export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> {
   const found = new Map<string, InputFile>();
+  let learnt: Map<string, FileDigest> | undefined;
   const add = async (rel: string): Promise<boolean> => {
     if (found.has(rel)) return true;
-    const d = await req.digests.digest(path.join(req.root, rel));
+    const abs = path.join(req.root, rel);
+    const d = learnt?.get(abs) ?? (await req.digests.digest(abs));
     if (!d) return false;
     found.set(rel, { path: rel, digest: { hash: d.hash, sizeBytes: d.sizeBytes }, executable: d.executable });
     return true;
   };
 
-  let usedRecorded = false;
-  if (req.recorded && (await unchanged(req.root, req.recorded, req.digests))) {
+  let headers: HeaderSource;
+  if (!req.preprocess && req.recorded && (await unchanged(req.root, req.recorded, req.digests))) {
     for (const [rel, d] of Object.entries(req.recorded)) found.set(rel, parseInput(rel, d));
-    usedRecorded = true;
+    headers = 'recorded';
   } else {
-    const scan = await runDependencyScan(req.compile.dependencyScanArgv, req.cwd, req.env);
-    if (!scan.ok) return { ok: false, reason: `dependency scan failed (${scan.reason})` };
-    for (const dep of [req.compile.source, ...parseDepfile(scan.stdout)]) {
-      const abs = path.resolve(req.cwd, dep);
+    const read = await readFiles(req);
+    if (!read.ok) return read;
+    headers = read.headers;
+    learnt = read.digests;
+    for (const abs of read.files) {
       const rel = inTree(req.root, abs);
       if (rel === undefined) {
         if (SYSTEM_PREFIXES.some((p) => abs.startsWith(p))) continue; // provided by the image
         return { ok: false, reason: `${abs} is outside the tree and not a system header` };
       }
-      if (!(await add(rel))) return { ok: false, reason: `${dep} is not a regular file` };
+      if (!(await add(rel))) return { ok: false, reason: `${abs} is not a regular file` };
     }
   }
+  const usedRecorded = headers === 'recorded';
   const before = found.size;
   // The assembler's .incbin reads files the preprocessor never lists (kbuild's rmpiggy.S,
   // system_certificates.S, kernel/configs.c): take quoted paths of .incbin directives in the source.
@@ -88,10 +101,24 @@ export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> 
   return {
     ok: true,
     inputs: [...found.values()].sort((a, b) => (a.path < b.path ? -1 : 1)),
-    usedRecorded,
+    headers,
     sameAsRecorded: usedRecorded && found.size === before,
     incbin,
   };
+}
+
+/** The source and the headers it may read, as absolute paths: scanned when possible, else preprocessed. */
+async function readFiles(
+  req: DiscoveryRequest,
+): Promise<{ ok: true; files: string[]; headers: HeaderSource; digests?: Map<string, FileDigest> } | { ok: false; reason: string }> {
+  if (req.scanner && !req.preprocess) {
+    const scanned = await req.scanner.scan(req.compile, req.cwd, req.env);
+    if (scanned.complete) return { ok: true, files: scanned.files, headers: 'scanned', digests: scanned.digests };
+  }
+  const scan = await runDependencyScan(req.compile.dependencyScanArgv, req.cwd, req.env);
+  if (!scan.ok) return { ok: false, reason: `dependency scan failed (${scan.reason})` };
+  const files = [req.compile.source, ...parseDepfile(scan.stdout)].map((dep) => path.resolve(req.cwd, dep));
+  return { ok: true, files, headers: 'preprocessed' };
 }
 
 /** Root-relative '/'-path of abs, or undefined if it lies outside the root. */

@@ -10,7 +10,8 @@ import { ClientConfig, actionEnvironment } from './config';
 import { DigestCache } from './digest-cache';
 import { explainDifference, KeyParts } from './explain';
 import { digestString, discoverInputs, inTree } from './input-discovery';
-import { ManifestStore, recipeKeyOf } from './manifest-store';
+import { IncludeScanner } from './include-scanner';
+import { ManifestStore, ObjectManifest, recipeKeyOf } from './manifest-store';
 import { writeOutputs } from './output-writer';
 import { InfrastructureError, RemoteExecutor, Result } from './remote-executor';
 import { Counters } from './stats';
@@ -44,6 +45,7 @@ export class ObjectRunner {
     private readonly manifests: ManifestStore,
     private readonly counters: Counters,
     private readonly warn: (line: string) => void,
+    private readonly scanner?: IncludeScanner,
   ) {}
 
   async run(job: ObjectJob): Promise<JobOutcome> {
@@ -63,6 +65,22 @@ export class ObjectRunner {
     };
     const recipeKey = recipeKeyOf(partsWithoutInputs);
     const manifest = await this.manifests.load(job.root, object);
+    let outcome = await this.attempt(job, object, outputs, partsWithoutInputs, recipeKey, manifest, false);
+    // The scanned or recorded header list missed a file the compile needed (the scanner's rules
+    // were wrong for this source): once more with the preprocessor's exact list.
+    if (outcome === 'preprocess') outcome = await this.attempt(job, object, outputs, partsWithoutInputs, recipeKey, manifest, true);
+    return outcome === 'preprocess' ? this.local() : outcome;
+  }
+
+  private async attempt(
+    job: ObjectJob,
+    object: string,
+    outputs: string[],
+    partsWithoutInputs: Omit<KeyParts, 'inputs'>,
+    recipeKey: string,
+    manifest: ObjectManifest | undefined,
+    preprocess: boolean,
+  ): Promise<JobOutcome | 'preprocess'> {
     const discovery = await discoverInputs({
       root: job.root,
       cwd: job.cwd,
@@ -72,6 +90,8 @@ export class ObjectRunner {
       digests: this.digests,
       recorded: manifest?.recipeKey === recipeKey ? manifest.parts.inputs : undefined,
       recordedIncbin: manifest?.incbin,
+      scanner: this.scanner,
+      preprocess,
     });
     if (!discovery.ok) return { kind: 'local' }; // e.g. a missing header: the local run prints the real error
 
@@ -127,6 +147,8 @@ export class ObjectRunner {
       if (!outcome.cachedResult) this.counters.remoteRuns++;
       if (result.exitCode === 0) {
         await writeOutputs(result, outputs, job.cwd, this.executor);
+      } else if (discovery.headers !== 'preprocessed' && (await missingInputSymptom(result, this.executor))) {
+        return 'preprocess';
       } else if (await missingInputSymptom(result, this.executor)) {
         // Probably an input the discovery could not see (a file read by a tool, not the
         // preprocessor): the local run is the truth, and prints the real error if there is one.

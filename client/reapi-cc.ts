@@ -82,12 +82,13 @@ async function openRunner(config: ClientConfig) {
   const { RemoteExecutor } = require('./remote-executor') as typeof import('./remote-executor');
   const { DigestCache } = require('./digest-cache') as typeof import('./digest-cache');
   const { ObjectRunner } = require('./object-job') as typeof import('./object-job');
+  const { IncludeScanner } = require('./include-scanner') as typeof import('./include-scanner');
   const { emptyCounters, recordCounters } = require('./stats') as typeof import('./stats');
   const executor = new RemoteExecutor(config.serverUrl);
   const digests = await DigestCache.open(path.join(config.stateDir, 'digests.json'));
   const counters = emptyCounters();
-  const runner = new ObjectRunner(config, executor, digests, new ManifestStore(config.stateDir), counters, (line) =>
-    process.stderr.write(line + '\n'),
+  const runner = new ObjectRunner(
+    config, executor, digests, new ManifestStore(config.stateDir), counters, (line) => process.stderr.write(line + '\n'), new IncludeScanner(digests),
   );
   return {
     runner,

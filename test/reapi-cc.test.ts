@@ -207,6 +207,33 @@ test('the wrapper mode caches and runs single compile commands (make CC="reapi-c
   fs.rmSync(path.join(tree, 'lib', 'math.d'));
 });
 
+test('a header the include scanner cannot see is found by the preprocessor on a second try', () => {
+  // `%:include` is the digraph spelling of `#include`: the compiler reads the header, the
+  // scanner does not see the directive. The remote compile misses the header and fails; the
+  // object is tried again with `gcc -M`'s exact list, still remotely.
+  const source = path.join(tree, 'lib', 'util.c');
+  const good = fs.readFileSync(source, 'utf8');
+  fs.writeFileSync(path.join(tree, 'include', 'mini', 'digraph.h'), '#define MINI_DIGRAPH 1\n');
+  fs.writeFileSync(source, `%:include <mini/digraph.h>\n${good}int mini_digraph(void) { return MINI_DIGRAPH; }\n`);
+  try {
+    ok(make('clean'));
+    ok(make('-j8'));
+    const plain = sums();
+    ok(make('clean'));
+    ok(reapiCc('--zero-stats'));
+    const remote = ok(reapiCc('make', '-j8'));
+    assert.doesNotMatch(remote.stderr, /warning/, remote.stderr);
+    assert.deepEqual(sums(), plain);
+    const s = stats();
+    assert.equal(s.localFallbacks, 0);
+    assert.equal(s.failures, 0);
+    assert.equal(s.remoteRuns, 2, 'lib/util.o ran twice: with the scanned headers, then with the exact ones');
+  } finally {
+    fs.writeFileSync(source, good);
+    fs.rmSync(path.join(tree, 'include', 'mini', 'digraph.h'));
+  }
+});
+
 test('with the server stopped the build still succeeds locally, after one warning line', async () => {
   await server.stop();
   ok(make('clean'));

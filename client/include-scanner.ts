@@ -1,0 +1,314 @@
+// Which files a compile may read, found without running the preprocessor: the #include
+// directives of the source and of every header they reach, resolved along the compiler's own
+// search path, with conditionals ignored. Running `gcc -M` per object costs 40-100 ms on a kernel
+// source (it preprocesses everything); this walk costs a few milliseconds, since every header is
+// read once per session.
+//
+// The answer is a superset of what the preprocessor opens: a header behind a false #if is in it,
+// and for each include name every file the search path holds under that name, not only the
+// first. So the remote compile finds exactly the file a local one would, whatever the search
+// order or #include_next does, and an extra input costs only its upload. Where a walk cannot be
+// sure of that -- a computed include (#include MACRO), __has_include (it would answer "no" for
+// a file left out), an option that changes the search in ways not modelled -- it says so, and the
+// caller runs the preprocessor instead.
+import { spawn } from 'node:child_process';
+import { Dirent, readdirSync, readFileSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { CompileCommand } from './compile-args';
+import { DigestCache, FileDigest } from './digest-cache';
+
+export type ScanResult =
+  | {
+      complete: true;
+      /** Absolute paths: the source, the -include files and every header reached. */
+      files: string[];
+      /** Digests the scan learnt on the way, by path: the caller need not stat those files again. */
+      digests: Map<string, FileDigest>;
+    }
+  | { complete: false; reason: string };
+
+interface SearchPath {
+  /** Stands for this search path in resolution keys. */
+  id: number;
+  /** Searched for "name" after the including file's own directory, then `bracket`. */
+  quote: string[];
+  bracket: string[];
+}
+
+type Directive = { name: string; quoted: boolean } | { computed: string };
+
+interface ParsedFile {
+  stamp: string;
+  checkedIn: number;
+  directives: Directive[] | { unsure: string };
+}
+
+interface Listing {
+  dir?: string;
+  stamp: string;
+  checkedIn: number;
+  /** Entries that may be files: regular files, and symlinks or untyped names to stat; undefined: no such directory. */
+  entries?: Map<string, 'file' | 'other'>;
+}
+
+/** Where one include name led along one search list, and the listings that decided it. */
+interface Resolution {
+  listings: Listing[];
+  stamps: string[];
+  files: string[];
+}
+
+/** Options that decide where the compiler looks for headers: asked of the compiler with them. */
+const SEARCH_OPTION = /^(?:-I.*|-iquote.*|-isystem.*|-idirafter.*|-isysroot.*|--sysroot.*|-nostdinc.*|-B.*|-m.*|--?target.*|--gcc-toolchain.*|-stdlib.*|-std=.*)$/;
+const SEARCH_OPTION_WITH_VALUE = new Set(['-I', '-iquote', '-isystem', '-idirafter', '-isysroot', '--sysroot', '-B', '-target', '--gcc-toolchain']);
+/** Options whose effect on the search this scanner does not model. */
+const UNMODELLED = /^(?:-I-|-iprefix|-iwithprefix|-iwithprefixbefore|-imultilib|-fworking-directory|--include-directory|-traditional-cpp)/;
+const DIRECTIVE = /^[ \t]*#[ \t]*(?:include|include_next|import)\b[ \t]*(.*)$/gm;
+
+export class IncludeScanner {
+  private readonly files = new Map<string, ParsedFile>();
+  private readonly listings = new Map<string, Listing>();
+  private readonly resolutions = new Map<string, Resolution>();
+  private readonly searchPaths = new Map<string, Promise<SearchPath | { unsure: string }>>();
+  /** Each scan checks each cached file and directory against the disk once. */
+  private generation = 0;
+  private digestsSeen = new Map<string, FileDigest>();
+
+  /**
+   * With a digest cache, a header is checked for change by the stat the digest cache makes
+   * anyway (its content hash is the stamp), and the caller gets those digests with the answer.
+   */
+  constructor(private readonly digests?: DigestCache) {}
+
+  async scan(compile: CompileCommand, cwd: string, env: NodeJS.ProcessEnv): Promise<ScanResult> {
+    const args = compile.argv.slice(1);
+    const unmodelled = args.find((a) => UNMODELLED.test(a));
+    if (unmodelled) return { complete: false, reason: `${unmodelled} is not modelled` };
+    const search = await this.searchPathFor(compile, cwd, env);
+    if ('unsure' in search) return { complete: false, reason: search.unsure };
+
+    this.generation++;
+    this.digestsSeen = new Map();
+    const found = new Set<string>();
+    const pending: string[] = [];
+    const reach = (file: string) => {
+      if (!found.has(file)) {
+        found.add(file);
+        pending.push(file);
+      }
+    };
+    reach(path.resolve(cwd, compile.source));
+    // -include and -imacros: looked for in the working directory first, then like "name".
+    for (let i = 0; i < args.length; i++) {
+      if (args[i] !== '-include' && args[i] !== '-imacros') continue;
+      const name = args[++i] ?? '';
+      const matches = this.matches(`i${search.id}\0${cwd}\0${name}`, name, () => [cwd, ...search.quote, ...search.bracket]);
+      if (matches.length === 0) return { complete: false, reason: `${args[i - 1]} ${name} not found` };
+      matches.forEach(reach);
+    }
+    while (pending.length > 0) {
+      const file = pending.pop()!;
+      const parsed = this.directivesOf(file);
+      if ('unsure' in parsed) return { complete: false, reason: `${file}: ${parsed.unsure}` };
+      for (const d of parsed) {
+        if ('computed' in d) return { complete: false, reason: `${file}: computed include ${d.computed}` };
+        const matches = d.quoted
+          ? this.matches(`q${search.id}\0${path.dirname(file)}\0${d.name}`, d.name, () => [path.dirname(file), ...search.quote, ...search.bracket])
+          : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket);
+        matches.forEach(reach);
+      }
+    }
+    return { complete: true, files: [...found], digests: this.digestsSeen };
+  }
+
+  /** Every existing file `name` names along the directories (an absolute name: itself); `key` names the question. */
+  private matches(key: string, name: string, dirs: () => string[]): string[] {
+    const known = this.resolutions.get(key);
+    if (known && known.listings.every((l, i) => this.fresh(l) === known.stamps[i])) return known.files;
+    const candidates = path.isAbsolute(name) ? [name] : dirs().map((dir) => path.join(dir, name));
+    const listings = candidates.map((c) => this.listing(path.dirname(c)));
+    const files: string[] = [];
+    let linked = false;
+    candidates.forEach((candidate, i) => {
+      const kind = listings[i].entries?.get(path.basename(candidate));
+      if (kind === undefined || files.includes(candidate)) return;
+      if (kind === 'file') return void files.push(candidate);
+      // A symlink, or an entry listed without a type: only a stat says what it is, and a
+      // symlink can change where it points without its directory changing: never remembered.
+      linked = true;
+      if (statSync(candidate, { throwIfNoEntry: false })?.isFile()) files.push(candidate);
+    });
+    if (!linked) this.resolutions.set(key, { listings, stamps: listings.map((l) => l.stamp), files });
+    return files;
+  }
+
+  /** A directory's cached listing, checked against the disk once per scan. */
+  private listing(dir: string): Listing {
+    let listing = this.listings.get(dir);
+    if (!listing) {
+      listing = { stamp: '', checkedIn: -1 };
+      this.listings.set(dir, listing);
+    }
+    this.fresh(listing, dir);
+    return listing;
+  }
+
+  /** Brings a listing up to date (a stat per scan, a readdir when the directory changed); its stamp. */
+  private fresh(listing: Listing, dir?: string): string {
+    if (listing.checkedIn === this.generation) return listing.stamp;
+    listing.checkedIn = this.generation;
+    dir ??= listing.dir!;
+    listing.dir = dir;
+    const stamp = stampOf(dir);
+    if (stamp === listing.stamp) return stamp;
+    listing.stamp = stamp;
+    listing.entries = undefined;
+    if (stamp !== 'absent') {
+      try {
+        listing.entries = new Map(readdirSync(dir, { withFileTypes: true }).filter(mayBeFile).map((e) => [e.name, e.isFile() ? 'file' : 'other']));
+      } catch {
+        listing.entries = undefined;
+      }
+    }
+    return stamp;
+  }
+
+  private directivesOf(file: string): Directive[] | { unsure: string } {
+    let parsed = this.files.get(file);
+    if (parsed && parsed.checkedIn === this.generation) return parsed.directives;
+    const digest = this.digests?.known(file);
+    if (digest) this.digestsSeen.set(file, digest);
+    const stamp = digest ? `sha256:${digest.hash}` : stampOf(file);
+    if (!parsed || parsed.stamp !== stamp) {
+      parsed = { stamp, checkedIn: this.generation, directives: parseDirectives(file) };
+      this.files.set(file, parsed);
+    }
+    parsed.checkedIn = this.generation;
+    return parsed.directives;
+  }
+
+  /** The compiler's own answer, once per compiler, working directory and search options. */
+  private searchPathFor(compile: CompileCommand, cwd: string, env: NodeJS.ProcessEnv): Promise<SearchPath | { unsure: string }> {
+    const options: string[] = [];
+    const args = compile.argv.slice(1);
+    for (let i = 0; i < args.length; i++) {
+      if (SEARCH_OPTION_WITH_VALUE.has(args[i])) options.push(args[i], args[++i] ?? '');
+      else if (SEARCH_OPTION.test(args[i])) options.push(args[i]);
+    }
+    const language = /\.(?:S|sx)$/.test(compile.source) ? 'assembler-with-cpp' : /\.(?:cc|cpp|cxx|C|c\+\+)$/.test(compile.source) ? 'c++' : 'c';
+    const key = JSON.stringify([compile.argv[0], cwd, language, options]);
+    let answer = this.searchPaths.get(key);
+    if (!answer) {
+      answer = askSearchPath(compile.argv[0], [...options, '-E', '-v', '-x', language, '/dev/null'], cwd, env);
+      this.searchPaths.set(key, answer);
+    }
+    return answer;
+  }
+}
+
+/** The search lists `cc -E -v` prints, as absolute directories. */
+function askSearchPath(compiler: string, args: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<SearchPath | { unsure: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(compiler, args, { cwd, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let text = '';
+    child.stderr.on('data', (d: Buffer) => (text += d.toString()));
+    child.on('error', (e) => resolve({ unsure: `${compiler} -E -v: ${e.message}` }));
+    child.on('close', (code) => {
+      // The lists come before any complaint about the empty input (kernel flags, say, want
+      // -fno-PIE with -mcmodel=kernel, which is no search option): printed lists are the answer.
+      const lists = parseSearchLists(text, cwd);
+      resolve(lists ? { id: ++searchPaths, ...lists } : { unsure: `${compiler} -E -v printed no search list (exit ${code})` });
+    });
+  });
+}
+
+let searchPaths = 0;
+
+export function parseSearchLists(text: string, cwd: string): Omit<SearchPath, 'id'> | undefined {
+  const quoteAt = text.indexOf('#include "..." search starts here:');
+  const bracketAt = text.indexOf('#include <...> search starts here:');
+  const endAt = text.indexOf('End of search list.');
+  if (quoteAt < 0 || bracketAt < quoteAt || endAt < bracketAt) return undefined;
+  const dirs = (block: string) =>
+    block
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim())
+      .filter((l) => l !== '')
+      .map((l) => path.resolve(cwd, l.replace(/ \(framework directory\)$/, '')));
+  return { quote: dirs(text.slice(quoteAt, bracketAt)), bracket: dirs(text.slice(bracketAt, endAt)) };
+}
+
+/** The include directives of one file, or why it cannot be scanned. */
+function parseDirectives(file: string): Directive[] | { unsure: string } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'latin1');
+  } catch (err) {
+    return { unsure: `cannot read: ${(err as Error).message}` };
+  }
+  if (text.includes('__has_include')) return { unsure: '__has_include' };
+  const directives: Directive[] = [];
+  for (const m of withoutComments(text).matchAll(DIRECTIVE)) {
+    const rest = m[1].trim();
+    const name = /^"([^"]+)"|^<([^>]+)>/.exec(rest);
+    if (name) directives.push({ name: name[1] ?? name[2], quoted: name[1] !== undefined });
+    else directives.push({ computed: rest });
+  }
+  return directives;
+}
+
+/**
+ * The text with every comment blanked out (newlines kept), so "#include" in prose is not taken
+ * for a directive and a directive's trailing comment is not taken for its name. String and
+ * character literals are skipped whole; like the compiler, a literal ends at the end of its line.
+ */
+export function withoutComments(text: string): string {
+  const special = /[/"']/g;
+  let out = '';
+  let copied = 0;
+  let i = 0;
+  while ((special.lastIndex = i), special.exec(text)) {
+    const at = special.lastIndex - 1;
+    const c = text[at];
+    if (c === '"' || c === "'") {
+      let j = at + 1;
+      while (j < text.length && text[j] !== c && text[j] !== '\n') j += text[j] === '\\' ? 2 : 1;
+      i = j + 1;
+      continue;
+    }
+    const next = text[at + 1];
+    if (next !== '*' && next !== '/') {
+      i = at + 1;
+      continue;
+    }
+    let end: number;
+    if (next === '*') {
+      const close = text.indexOf('*/', at + 2);
+      end = close < 0 ? text.length : close + 2;
+    } else {
+      // A line comment goes on past a backslash-newline.
+      end = at + 2;
+      while (end < text.length && text[end] !== '\n') end += text[end] === '\\' ? 2 : 1;
+    }
+    out += text.slice(copied, at) + text.slice(at, end).replace(/[^\n]/g, ' ');
+    copied = i = end;
+  }
+  return out + text.slice(copied);
+}
+
+function mayBeFile(e: Dirent): boolean {
+  return e.isFile() || e.isSymbolicLink() || (!e.isDirectory() && !e.isFIFO() && !e.isSocket() && !e.isBlockDevice() && !e.isCharacterDevice());
+}
+
+/** A file or directory changed this recently could change again within the same timestamp tick. */
+const RACY_WINDOW_MS = 2000;
+let racyStamps = 0;
+
+/** What tells a changed file or directory from an unchanged one; a racy one never matches again. */
+function stampOf(p: string): string {
+  const st = statSync(p, { bigint: true, throwIfNoEntry: false });
+  if (!st) return 'absent';
+  const stamp = `${st.mtimeNs}/${st.ctimeNs}/${st.size}/${st.ino}`;
+  return Date.now() - Number(st.mtimeNs / 1_000_000n) < RACY_WINDOW_MS ? `${stamp}/racy${++racyStamps}` : stamp;
+}
