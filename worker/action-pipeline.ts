@@ -16,7 +16,7 @@ import { ContentAccess } from './content-access';
 import { FileCache } from './file-cache';
 import { createOutputParents, makeOwnedDirectory, materializeInputRoot, outputParents, settleAll } from './input-tree';
 import { collectOutputs, uploadStdio } from './output-collector';
-import { removeTree } from './remove-tree';
+import { removeTree } from './tree-ops';
 import { Sandbox, SandboxSlot } from './sandbox/sandbox';
 import { ImageResolver } from './image-resolver';
 import { containerImageMetadata } from '../cas/action-cache-service';
@@ -78,7 +78,7 @@ export async function runActionPipeline(
   return {
     outcome,
     release: async () => {
-      await held.slot?.release(); // empties a slot's own input root: the pinned cache files are unlinked there
+      await held.slot?.release();
       held.unpinInputs?.(); // links already made keep their content, whatever the cache evicts
     },
     removeDirectory: () => removeTree(held.actionDir).catch(() => undefined),

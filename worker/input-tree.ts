@@ -5,9 +5,8 @@
 // present: (1) fetch and check every Directory, level by level; (2) walk the tree to plan every
 // path, checking that symlinks stay inside the root; (3) one FindMissingBlobs over everything,
 // then create. A client that forgot blobs hears about all of them at once. Creating is: every
-// file's content into the FileCache, then the tree from the root down, each directory's entries
-// as soon as it exists: independent branches proceed in parallel, and the deepest path costs
-// one mkdir per level.
+// file's content into the FileCache, then the whole tree in one job on a tree-ops thread, which
+// keeps whatever the root already holds that the plan wants (see tree-ops.ts).
 import { lstatSync, promises as fs, realpathSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { rex } from '../apis';
@@ -19,6 +18,7 @@ import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
 import { FileCache } from './file-cache';
 import { paced } from './paced-fs';
+import { runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
 
 /** Input and output parent directories: the action may create files in them, others may read. */
@@ -27,7 +27,6 @@ const DIRECTORY_MODE = 0o755;
 /** Upper bound on placed entries: shared subdirectories can make a tiny DAG expand enormously. */
 export const MAX_INPUT_ENTRIES = 2_000_000;
 const FETCH_CONCURRENCY = 64;
-const DISK_CONCURRENCY = 32;
 
 export interface MaterializeOptions {
   instanceName: string;
@@ -312,47 +311,21 @@ function addExtraDirectories(plan: Plan, extra: string[]): void {
 }
 
 /**
- * Creates the root (or takes over an existing one), then each directory's entries once it
- * exists. At most DISK_CONCURRENCY calls at once. On a failure the call rejects only once
- * everything started has settled (settleAll); a directory that failed gets no entries.
+ * Makes the root hold exactly the planned tree, on a tree-ops thread: created from nothing, or
+ * reconciled with what the root already holds (a container's own input root keeps the last
+ * action's tree, and consecutive actions share most of their inputs).
  */
-async function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string, string>): Promise<void> {
-  const children = new Map<string, { directories: string[]; files: Plan['files']; symlinks: Plan['symlinks'] }>();
-  const childrenOf = (relative: string) => {
-    const parent = path.posix.dirname(relative);
-    const key = parent === '.' ? '' : parent;
-    let entry = children.get(key);
-    if (!entry) children.set(key, (entry = { directories: [], files: [], symlinks: [] }));
-    return entry;
-  };
-  for (const d of plan.directories) childrenOf(d).directories.push(d);
-  for (const f of plan.files) childrenOf(f.path).files.push(f);
-  for (const l of plan.symlinks) childrenOf(l.path).symlinks.push(l);
-
-  const limit = limiter(DISK_CONCURRENCY);
-  const { uid, gid } = opts;
-  const at = (relative: string) => path.join(opts.dest, relative);
-  const fill = (relative: string): Promise<void> => {
-    const entry = children.get(relative);
-    if (!entry) return Promise.resolve();
-    return settleAll([
-      ...entry.directories.map(async (d) => {
-        await limit(() => fs.mkdir(at(d), DIRECTORY_MODE));
-        await settleAll([limit(() => ownNewDirectory(at(d), uid, gid)), fill(d)]);
-      }),
-      ...entry.files.map((f) => limit(() => linkOrCopy(cacheFiles.get(variantKey(f))!, at(f.path), f.isExecutable))),
-      ...entry.symlinks.map((l) => limit(() => createSymlink(opts, l))),
-    ]);
-  };
-
-  const existed = await fs.mkdir(opts.dest, DIRECTORY_MODE).then(
-    () => false,
-    (err: NodeJS.ErrnoException) => {
-      if (err.code !== 'EEXIST') throw err;
-      return true; // e.g. a container's own input root directory
-    },
-  );
-  await settleAll([existed ? setOwnerAndMode(opts.dest, uid, gid) : ownNewDirectory(opts.dest, uid, gid), fill('')]);
+function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string, string>): Promise<void> {
+  return runTreeJob({
+    op: 'sync',
+    root: opts.dest,
+    uid: opts.uid,
+    gid: opts.gid,
+    umaskTakesBits: (processUmask() & DIRECTORY_MODE) !== 0,
+    directories: plan.directories,
+    files: plan.files.map((f) => ({ path: f.path, source: cacheFiles.get(variantKey(f))!, executable: f.isExecutable })),
+    symlinks: plan.symlinks,
+  });
 }
 
 /** A new directory, mode 0755 whatever the worker's umask, owned by uid/gid when given. */
@@ -365,34 +338,6 @@ export async function makeOwnedDirectory(dir: string, uid?: number, gid?: number
 async function ownNewDirectory(dir: string, uid?: number, gid?: number): Promise<void> {
   if (uid !== undefined || gid !== undefined) await fs.chown(dir, uid ?? -1, gid ?? -1);
   if ((processUmask() & DIRECTORY_MODE) !== 0) await fs.chmod(dir, DIRECTORY_MODE);
-}
-
-/** An existing directory, whose mode an earlier action may have changed. */
-async function setOwnerAndMode(dir: string, uid?: number, gid?: number): Promise<void> {
-  if (uid !== undefined || gid !== undefined) await fs.chown(dir, uid ?? -1, gid ?? -1);
-  await fs.chmod(dir, DIRECTORY_MODE); // explicit: the worker's umask must not decide what actions may do
-}
-
-/**
- * Hardlinks a cache file into the input root. A copy is the fallback only where a link cannot
- * work: another filesystem (EXDEV) or an inode at its link limit (EMLINK, e.g. an empty file
- * used thousands of times); the copy gets the same owner and read-only mode.
- */
-async function linkOrCopy(cacheFile: string, target: string, isExecutable: boolean): Promise<void> {
-  try {
-    await fs.link(cacheFile, target);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EXDEV' && code !== 'EMLINK') throw new Error(`linking input ${target} from ${cacheFile}: ${(err as Error).message}`);
-    await fs.copyFile(cacheFile, target, fs.constants.COPYFILE_EXCL);
-    await fs.chmod(target, isExecutable ? 0o555 : 0o444);
-  }
-}
-
-async function createSymlink(opts: MaterializeOptions, link: { path: string; target: string }): Promise<void> {
-  const at = path.join(opts.dest, link.path);
-  await fs.symlink(link.target, at);
-  if (opts.uid !== undefined || opts.gid !== undefined) await fs.lchown(at, opts.uid ?? -1, opts.gid ?? -1);
 }
 
 function uniqueDigests(digests: Digest[]): Digest[] {

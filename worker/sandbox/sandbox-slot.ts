@@ -1,7 +1,6 @@
 // One acquired container, held by one action from staging its inputs to collecting its outputs.
 import type { ContainerPool } from './container-pool';
 import type { InputRootMount } from './container-settings';
-import { emptyInputRootDir } from './input-root-dir';
 import { RunnerConnectionError, exchangeWithRunner } from './runner-client';
 import { decodeReply, encodeRequest } from './runner-protocol';
 import { isUnder, sandboxResultOf } from './runner-result';
@@ -71,21 +70,16 @@ export class ContainerSlot implements SandboxSlot {
     }
   }
 
-  /** Empties the input root directory and hands the container back (or has it removed). Never throws. */
+  /**
+   * Hands the container back (or has it removed). Never throws. Its input root keeps this
+   * action's tree: the next action's staging makes it exactly that action's tree before it runs.
+   */
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
     const container = this.container;
     if (!container) return;
-    let healthy = this.reusable;
-    if (healthy && this.inputRoot && this.pool.reusesContainers) {
-      try {
-        await emptyInputRootDir(this.inputRoot.hostPath);
-      } catch {
-        healthy = false; // leftovers would leak into the next action: start over with a new container
-      }
-    }
-    this.pool.release(container, healthy);
+    this.pool.release(container, this.reusable);
   }
 
   /** The runner only checks that paths are absolute; here they must also be where the action may write. */

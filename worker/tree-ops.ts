@@ -1,0 +1,76 @@
+// Staging an input tree and removing it again are hundreds of small file system calls per
+// action (a kernel compile: ~500 links and ~60 directories, then as many unlinks). Made through
+// fs.promises, each costs the event loop a promise and a hand-off to libuv's pool and back, more
+// CPU than the call itself; made synchronously on the event loop, a slow disk would stall every
+// RPC. So they run synchronously on two threads of their own (tree-ops-thread.ts), one message
+// per tree each way.
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+
+export interface SyncTreeJob {
+  op: 'sync';
+  root: string;
+  uid?: number;
+  gid?: number;
+  /** The worker's umask takes bits off 0755: new directories need a chmod too. */
+  umaskTakesBits: boolean;
+  /** Relative paths, each after its parent. */
+  directories: string[];
+  files: { path: string; source: string; executable: boolean }[];
+  symlinks: { path: string; target: string }[];
+}
+
+export interface RemoveTreeJob {
+  op: 'remove';
+  dir: string;
+}
+
+export type TreeJob = SyncTreeJob | RemoveTreeJob;
+
+const THREADS = 2;
+
+interface TreeThread {
+  worker: Worker;
+  pending: Map<number, { resolve(): void; reject(err: Error): void }>;
+}
+
+let threads: TreeThread[] | undefined;
+let nextId = 0;
+
+function startThread(): TreeThread {
+  const worker = new Worker(path.join(__dirname, 'tree-ops-thread.js'));
+  const thread: TreeThread = { worker, pending: new Map() };
+  worker.on('message', (reply: { id: number; error?: { message: string; code?: string } }) => {
+    const waiter = thread.pending.get(reply.id);
+    thread.pending.delete(reply.id);
+    if (thread.pending.size === 0) worker.unref();
+    if (!waiter) return;
+    if (reply.error) waiter.reject(Object.assign(new Error(reply.error.message), { code: reply.error.code }));
+    else waiter.resolve();
+  });
+  worker.on('error', (err) => {
+    for (const waiter of thread.pending.values()) waiter.reject(err);
+    thread.pending.clear();
+    threads = threads?.filter((t) => t !== thread); // the next job starts a new one
+  });
+  worker.unref(); // an idle thread must not keep the process alive (after the listeners, which ref it)
+  return thread;
+}
+
+/** Runs one job on the thread with less queued; rejects with the thread's error (message and code). */
+export function runTreeJob(job: TreeJob): Promise<void> {
+  threads ??= [];
+  while (threads.length < THREADS) threads.push(startThread());
+  const thread = threads.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    thread.pending.set(id, { resolve, reject });
+    thread.worker.ref(); // work in flight keeps the process alive until it is answered
+    thread.worker.postMessage({ ...job, id });
+  });
+}
+
+/** Removes `dir` and everything below it; nothing there is fine. */
+export function removeTree(dir: string): Promise<void> {
+  return runTreeJob({ op: 'remove', dir });
+}
