@@ -106,9 +106,10 @@ test('an action cannot write outside its directory: not /, /usr, /etc, the cache
 test('an action cannot read the inputs of another action running at the same time', { skip }, async () => {
   const secret = `s3cret-${randomBytes(16).toString('hex')}`;
   const [p1, p2] = [secret.slice(0, 12), secret.slice(12)];
-  // A: holds the secret as an input file, in its environment, in /tmp and its TMPDIR, and sleeps.
+  // A: holds the secret as an input file, in its environment, in /tmp, its TMPDIR and its
+  // working directory, and sleeps.
   const holder = buildAction({
-    args: ['sh', '-c', 'cp secret.txt "$TMPDIR/copy-of-secret" && cp secret.txt /tmp/copy-of-secret && exec sleep 300'],
+    args: ['sh', '-c', 'cp secret.txt "$TMPDIR/copy-in-tmpdir" && cp secret.txt /tmp/copy-of-secret && cp secret.txt copy-of-secret && exec sleep 300'],
     inputs: { 'secret.txt': secret, 'dir/secret-too.txt': secret },
     env: { PATH: '/usr/bin:/bin', SECRET: secret },
     doNotCache: true,
@@ -123,9 +124,9 @@ test('an action cannot read the inputs of another action running at the same tim
     stream.on('end', () => resolve());
   });
   try {
-    // A is running once its copy exists in its TMPDIR (seen from the host, which may look).
+    // A is running once its copy exists in its working directory (seen from the host, which may look).
     const actionsDir = path.join(workerDir(), 'actions');
-    const running = () => readdirSync(actionsDir).some((d) => existsSync(path.join(actionsDir, d, 'tmp', 'copy-of-secret')));
+    const running = () => readdirSync(actionsDir).some((d) => existsSync(path.join(actionsDir, d, 'root', 'copy-of-secret')));
     for (let i = 0; i < 1200 && !running(); i++) await new Promise((r) => setTimeout(r, 100));
     assert.ok(running(), 'the action holding the secret started');
 

@@ -131,10 +131,12 @@ async function runAction(
     meta.inputFetchStartTimestamp = now();
     const outputs = command.outputPaths.length > 0 ? command.outputPaths : [...command.outputFiles, ...command.outputDirectories];
     const extraDirectories = outputParents(command.workingDirectory, outputs);
-    // The action's own directory belongs to the action user: its stdout/stderr and TMPDIR live here.
+    // The action's own directory belongs to the action user: its stdout/stderr live here, and
+    // its TMPDIR unless the sandbox has a private one.
     await makeOwnedDirectory(actionDir, uid, gid);
+    const scratchDir = slot.scratchDir ?? path.join(actionDir, 'tmp');
     await settleAll([
-      makeOwnedDirectory(path.join(actionDir, 'tmp'), uid, gid),
+      slot.scratchDir ? Promise.resolve() : makeOwnedDirectory(scratchDir, uid, gid),
       materializeInputRoot({
         instanceName,
         rootDigest: loaded.inputRootDigest,
@@ -155,7 +157,7 @@ async function runAction(
     const env: Record<string, string> = {};
     for (const v of command.environmentVariables) env[v.name ?? ''] = v.value ?? '';
     // Each action gets a private TMPDIR unless it chose one itself.
-    env.TMPDIR ??= path.join(actionDir, 'tmp');
+    env.TMPDIR ??= scratchDir;
     const timeoutMs = actionTimeout(action, opts);
     meta.executionStartTimestamp = now();
     const run = await slot.run({

@@ -18,7 +18,7 @@ import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
 import { FileCache } from './file-cache';
 import { paced } from './paced-fs';
-import { runTreeJob } from './tree-ops';
+import { encodeFiles, runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
 
 /** Input and output parent directories: the action may create files in them, others may read. */
@@ -323,7 +323,7 @@ function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string
     gid: opts.gid,
     umaskTakesBits: (processUmask() & DIRECTORY_MODE) !== 0,
     directories: plan.directories,
-    files: plan.files.map((f) => ({ path: f.path, source: cacheFiles.get(variantKey(f))!, executable: f.isExecutable })),
+    files: encodeFiles(plan.files.map((f) => ({ path: f.path, source: cacheFiles.get(variantKey(f))!, executable: f.isExecutable }))),
     symlinks: plan.symlinks,
   });
 }

@@ -8,7 +8,7 @@ import {
   statSync, symlinkSync, unlinkSync,
 } from 'node:fs';
 import * as path from 'node:path';
-import type { SyncTreeJob, TreeJob } from './tree-ops';
+import { decodeFiles, SyncTreeJob, TreeJob } from './tree-ops';
 
 const DIRECTORY_MODE = 0o755;
 
@@ -44,7 +44,7 @@ function syncTree(job: SyncTreeJob): void {
     entriesOf(d).set(path.posix.basename(d), { kind: 'dir' });
     if (!wanted.has(d)) wanted.set(d, new Map());
   }
-  for (const f of job.files) entriesOf(f.path).set(path.posix.basename(f.path), { kind: 'file', source: f.source, executable: f.executable });
+  for (const f of decodeFiles(job.files)) entriesOf(f.path).set(path.posix.basename(f.path), { kind: 'file', source: f.source, executable: f.executable });
   for (const l of job.symlinks) entriesOf(l.path).set(path.posix.basename(l.path), { kind: 'symlink', target: l.target });
 
   let existed = true;

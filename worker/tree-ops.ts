@@ -16,8 +16,29 @@ export interface SyncTreeJob {
   umaskTakesBits: boolean;
   /** Relative paths, each after its parent. */
   directories: string[];
-  files: { path: string; source: string; executable: boolean }[];
+  /** Files as one string (a long array of objects is slow to pass between threads): see encodeFiles(). */
+  files: string;
   symlinks: { path: string; target: string }[];
+}
+
+export interface PlannedFile {
+  path: string;
+  /** The cache file to link. */
+  source: string;
+  executable: boolean;
+}
+
+/** NUL separates fields: the one byte no path can hold. */
+export function encodeFiles(files: PlannedFile[]): string {
+  return files.map((f) => `${f.path}\0${f.source}\0${f.executable ? 'x' : '-'}`).join('\0');
+}
+
+export function decodeFiles(encoded: string): PlannedFile[] {
+  if (encoded === '') return [];
+  const fields = encoded.split('\0');
+  const files: PlannedFile[] = [];
+  for (let i = 0; i < fields.length; i += 3) files.push({ path: fields[i], source: fields[i + 1], executable: fields[i + 2] === 'x' });
+  return files;
 }
 
 export interface RemoveTreeJob {

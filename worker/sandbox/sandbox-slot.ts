@@ -13,6 +13,13 @@ const REPLY_GRACE_MS = 60_000;
 
 export class ContainerSlot implements SandboxSlot {
   readonly inputRoot: InputRootMount | undefined;
+  /**
+   * The container's /tmp: a tmpfs of its own, which the runner empties after every action. A
+   * compiler's temporary files then never reach the disk (on ext4 each file created and deleted
+   * makes every later file creation on that disk slower for a minute: recently deleted inodes are
+   * skipped one by one).
+   */
+  readonly scratchDir = '/tmp';
   /** Undefined once the container was given up (broken or cancelled): the slot is spent. */
   private container: SandboxContainer | undefined;
   /** False once the container is no longer clean enough for another action. */

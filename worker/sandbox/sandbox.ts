@@ -49,7 +49,8 @@ export interface SlotRequest {
 /**
  * One container held by one action. With an input root path the slot owns a private host
  * directory mounted at that path: stage the inputs into inputRoot.hostPath, run with a cwd under
- * inputRoot.containerPath, collect outputs from hostPath, then release (which empties it).
+ * inputRoot.containerPath, collect outputs from hostPath, then release (the next action's
+ * staging reconciles the directory with its own tree).
  */
 export interface SandboxSlot {
   /** Undefined without an input root path: the input root may be any directory under the exec root. */
@@ -57,6 +58,11 @@ export interface SandboxSlot {
   /** Set when this slot's actions run as a user of their own (process sandbox: one uid per slot);
    * the action's directories must then belong to it. Undefined: the worker's configured user. */
   readonly user?: ActionUser;
+  /**
+   * A temporary directory only this action sees, emptied after it (a container's own /tmp, a
+   * tmpfs). Undefined: the pipeline makes one in the action's directory.
+   */
+  readonly scratchDir?: string;
   run(req: SlotRunRequest): Promise<SandboxResult>;
   /** Call once, whatever happened; never throws. */
   release(): Promise<void>;
