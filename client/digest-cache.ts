@@ -3,7 +3,7 @@
 // modified within the last couple of seconds is hashed but not remembered: a later write in the
 // same mtime tick would otherwise go unnoticed.
 import { createHash } from 'node:crypto';
-import { promises as fs, Stats, statSync } from 'node:fs';
+import { promises as fs, statSync } from 'node:fs';
 import * as path from 'node:path';
 
 export interface FileDigest {
@@ -68,28 +68,41 @@ export class DigestCache {
   async digest(absPath: string): Promise<FileDigest | undefined> {
     const cached = this.known(absPath);
     if (cached) return cached;
-    let st: Stats & { mtimeNs?: bigint };
-    try {
-      st = await fs.stat(absPath, { bigint: true }) as unknown as Stats & { mtimeNs?: bigint };
-    } catch {
-      return undefined;
-    }
-    if (!st.isFile()) return undefined;
+    // Synchronous, like known(): most calls here are for words of a recipe that are no file at
+    // all, and a failed stat through the thread pool costs a rejected promise as well.
+    const st = statSync(absPath, { bigint: true, throwIfNoEntry: false });
+    if (!st || !st.isFile()) return undefined;
     const size = Number(st.size);
     const mtimeNs = String(st.mtimeNs);
     const ino = Number(st.ino);
     const mode = Number(st.mode);
     const executable = (mode & 0o111) !== 0;
-    const known = this.entries.get(absPath);
-    if (known && known.size === size && known.mtimeNs === mtimeNs && known.ino === ino && known.mode === mode) {
-      return { hash: known.hash, sizeBytes: size, executable };
+    // A file too new to be remembered (a tool just rebuilt, say) is asked for by many objects
+    // at once: one read serves all callers that see it unchanged meanwhile.
+    const identity = `${size}/${mtimeNs}/${st.ctimeNs}/${ino}/${mode}`;
+    const pending = this.hashing.get(absPath);
+    if (pending && pending.identity === identity) return pending.result;
+    const result = this.hash(absPath, { size, mtimeNs, ino, mode }, executable).finally(() => {
+      if (this.hashing.get(absPath)?.result === result) this.hashing.delete(absPath);
+    });
+    this.hashing.set(absPath, { identity, result });
+    return result;
+  }
+
+  private readonly hashing = new Map<string, { identity: string; result: Promise<FileDigest | undefined> }>();
+
+  private async hash(absPath: string, stat: Omit<Entry, 'hash'>, executable: boolean): Promise<FileDigest | undefined> {
+    let data: Buffer;
+    try {
+      data = await fs.readFile(absPath);
+    } catch {
+      return undefined;
     }
-    const data = await fs.readFile(absPath);
     this.hashedBytes += data.length;
     const hash = createHash('sha256').update(data).digest('hex');
-    const mtimeMs = Number(BigInt(mtimeNs) / 1_000_000n);
-    if (Date.now() - mtimeMs > RACY_WINDOW_MS && data.length === size) {
-      this.entries.set(absPath, { size, mtimeNs, ino, mode, hash });
+    const mtimeMs = Number(BigInt(stat.mtimeNs) / 1_000_000n);
+    if (Date.now() - mtimeMs > RACY_WINDOW_MS && data.length === stat.size) {
+      this.entries.set(absPath, { ...stat, hash });
       this.dirty = true;
     } else {
       this.entries.delete(absPath);
