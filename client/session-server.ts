@@ -2,7 +2,7 @@
 // One session serves one `reapi-cc make`: requests from every recipe shell arrive on one FIFO,
 // each is answered on the recipe's own FIFO, and many object pipelines are in flight at once.
 import { execFileSync } from 'node:child_process';
-import { constants, promises as fs, openSync, closeSync, writeSync, mkdtempSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, promises as fs, openSync, closeSync, writeSync, mkdtempSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -31,9 +31,11 @@ export class MakeSession {
   ) {}
 
   static async start(opts: SessionOptions): Promise<MakeSession> {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'reapi-cc-'));
-    // The compiled front when a C compiler is at hand, else the sh front (same protocol).
-    const shellPath = (opts.stateDir && (await compiledFront(opts.stateDir))) || (await installFrontScript(dir));
+    // The compiled front when a C compiler is at hand, else the sh front (same protocol), which
+    // is installed in the session directory and so needs one that allows running programs.
+    const front = opts.stateDir && (await compiledFront(opts.stateDir));
+    const dir = mkdtempSync(path.join(front ? sessionParent() : os.tmpdir(), 'reapi-cc-'));
+    const shellPath = front || (await installFrontScript(dir));
     const requests = path.join(dir, 'requests');
     execFileSync('mkfifo', ['-m', '600', requests]);
     const session = new MakeSession(dir, shellPath, opts);
@@ -95,6 +97,21 @@ export class MakeSession {
       verdict = 'local';
     }
     answer(`${base}.fifo`, verdict);
+  }
+}
+
+/**
+ * Where the session's FIFOs and request files go: /dev/shm (a tmpfs, perhaps mounted noexec:
+ * nothing runs from here) when there is one. Every object leaves a few small files there that
+ * live for milliseconds; on a disk file system each one created and deleted costs more than
+ * reading it.
+ */
+function sessionParent(): string {
+  try {
+    accessSync('/dev/shm', constants.W_OK | constants.X_OK);
+    return '/dev/shm';
+  } catch {
+    return os.tmpdir();
   }
 }
 
