@@ -23,7 +23,7 @@ import { BAZEL, BazelResult, ProcessSummary, cleanupBazel, copyWorkspace, makeOu
 import { decodeOperation } from './helpers/actions';
 import { hashTree } from './helpers/bazel-outputs';
 import { TestRedis, startRedis } from './helpers/redis';
-import { S3_ACCESS_KEY, S3_SECRET_KEY, TestS3, startS3 } from './helpers/s3';
+import { TestS3, startS3 } from './helpers/s3';
 import { ServerProcess, WorkerProcess, startServerProcess, startWorkerProcess, tempDir } from './helpers/server-process';
 import { freePort } from './helpers/ports';
 
@@ -84,9 +84,6 @@ function startServerA(): Promise<ServerProcess> {
   return startFarmServer({ dataDir: dataA, listen: `127.0.0.1:${portA}` });
 }
 
-function rawS3(): Client {
-  return new Client({ endPoint: s3!.host, port: s3!.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, pathStyle: true });
-}
 
 before(async () => {
   if (skip) return;
@@ -328,7 +325,7 @@ test('a Bazel build survives a worker and its server being SIGKILLed mid-build',
 
 test('every blob that an action result in the bucket references is in the bucket', { skip }, async () => {
   assert.ok(baseline, 'the build did not run');
-  const client = rawS3();
+  const client = s3!.client();
   const base = `${PREFIX}/instances/_`;
   const acKeys = await listKeys(client, `${base}/ac/`);
   const casKeys = new Set(await listKeys(client, `${base}/cas/`));

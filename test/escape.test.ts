@@ -16,15 +16,9 @@ import { ExecutionService, OperationsService, createClient, unary } from '../api
 import { ActionSpec, Response, buildAction, decodeOperation, executeToEnd, upload } from './helpers/actions';
 import { clientsFor, readAll } from './helpers/clients';
 import { ServerProcess, startServerProcess } from './helpers/server-process';
+import { noDocker } from './helpers/docker';
 
-const skip = (() => {
-  try {
-    execFileSync('docker', ['info'], { stdio: 'pipe', timeout: 30_000 });
-    return false;
-  } catch (err) {
-    return `Docker is not available: ${(err as Error).message.split('\n')[0]}`;
-  }
-})();
+const skip = noDocker;
 
 let server: ServerProcess;
 let address: string;

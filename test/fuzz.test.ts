@@ -5,7 +5,6 @@
 // FUZZ_ROUNDS=<n> changes the count per method (default 300).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { bytestream, longrunning, rex } from '../apis';
@@ -14,6 +13,7 @@ import { blob, buildAction, execute, upload } from './helpers/actions';
 import { clientsFor } from './helpers/clients';
 import { RAW_METHODS, RawClient, prng, rssBytes } from './helpers/raw-grpc';
 import { ServerProcess, startServerProcess } from './helpers/server-process';
+import { noDocker } from './helpers/docker';
 
 const SEED = process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : Date.now() % 2 ** 31;
 const ROUNDS = process.env.FUZZ_ROUNDS ? Number(process.env.FUZZ_ROUNDS) : 300;
@@ -25,14 +25,7 @@ const RSS_GROWTH_BOUND = 300 * 1024 * 1024;
 /** Statuses that mean the server broke, hung or went away rather than refused the request. */
 const FAILURES = new Set([grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.DATA_LOSS]);
 
-const docker = (() => {
-  try {
-    execFileSync('docker', ['info'], { stdio: 'pipe', timeout: 30_000 });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const docker = !noDocker;
 
 let server: ServerProcess;
 let c: ReturnType<typeof clientsFor>;

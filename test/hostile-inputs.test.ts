@@ -11,11 +11,11 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { rex } from '../apis';
 import { ExecutionService, createClient, unary } from '../apis/services';
-import { execFileSync } from 'node:child_process';
 import { Blob, TOOLCHAIN, blob, buildAction, collect, executeToEnd, upload } from './helpers/actions';
-import { clientsFor, readAll, statusOf, writeStream } from './helpers/clients';
+import { clientsFor, failure, readAll, statusOf, writeStream } from './helpers/clients';
 import { RAW_METHODS, RawClient, UNDECODABLE, encode, rssBytes } from './helpers/raw-grpc';
 import { ServerProcess, startServerProcess } from './helpers/server-process';
+import { noDocker } from './helpers/docker';
 
 const MAX_BLOB = 1024 * 1024 * 1024; // --max-blob-bytes 1G
 const IDLE_SECONDS = 2; // --write-idle-seconds
@@ -23,15 +23,7 @@ const MAX_STREAMS = 8; // --max-concurrent-streams
 const MAX_OUTPUT = 1024 * 1024; // --max-output-bytes 1M
 
 /** Execute needs the embedded Docker worker; without Docker those tests are skipped. */
-const docker = (() => {
-  try {
-    execFileSync('docker', ['info'], { stdio: 'pipe', timeout: 30_000 });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const noDocker = !docker && 'Docker is not available';
+const docker = !noDocker;
 let server: ServerProcess;
 let c: ReturnType<typeof clientsFor>;
 let exec: InstanceType<typeof ExecutionService.Client>;
@@ -64,14 +56,6 @@ after(async () => {
 const H = (s: string) => createHash('sha256').update(s).digest('hex');
 const EMPTY_HASH = H('');
 
-async function rejection(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  assert.fail('call unexpectedly succeeded');
-}
 
 /** A valid call succeeds: the server is alive and serving after whatever came before. */
 async function assertHealthy(): Promise<void> {
@@ -105,7 +89,7 @@ describe('wrong digests and sizes', () => {
         () => unary(c.ac, 'GetActionResult', { actionDigest: d }),
         () => collect(c.cas.GetTree({ rootDigest: d }) as never),
       ]) {
-        const err = await rejection(call());
+        const err = await failure(call());
         assert.equal(err.code, grpc.status.INVALID_ARGUMENT, `${what}: ${err.details}`);
       }
     }
@@ -133,12 +117,12 @@ describe('wrong digests and sizes', () => {
 
   test('a blob larger than --max-blob-bytes is refused early by FindMissingBlobs and ByteStream Write', async () => {
     const huge = { hash: H('huge'), sizeBytes: MAX_BLOB + 1 };
-    const fm = await rejection(unary(c.cas, 'FindMissingBlobs', { blobDigests: [huge] }));
+    const fm = await failure(unary(c.cas, 'FindMissingBlobs', { blobDigests: [huge] }));
     assert.equal(fm.code, grpc.status.RESOURCE_EXHAUSTED);
     assert.match(fm.details, /--max-blob-bytes/);
     // 64 GiB and 1 PB digests: refused on the first message, before a byte is stored.
     for (const size of [MAX_BLOB + 1, 64 * 1024 ** 3, 1024 ** 5]) {
-      const err = await rejection(
+      const err = await failure(
         writeStream(c.bs, [{ resourceName: `uploads/${randomUUIDish()}/blobs/${huge.hash}/${size}`, writeOffset: 0, data: Buffer.alloc(10) }]),
       );
       assert.equal(err.code, grpc.status.RESOURCE_EXHAUSTED, err.details);
@@ -152,9 +136,9 @@ describe('wrong digests and sizes', () => {
 
   test('batches over the batch limit are refused as a whole', async () => {
     const big = Buffer.alloc(4 * 1024 * 1024 + 1);
-    const up = await rejection(unary(c.cas, 'BatchUpdateBlobs', { requests: [{ digest: blob(big).digest, data: big }] }));
+    const up = await failure(unary(c.cas, 'BatchUpdateBlobs', { requests: [{ digest: blob(big).digest, data: big }] }));
     assert.ok([grpc.status.INVALID_ARGUMENT, grpc.status.RESOURCE_EXHAUSTED].includes(up.code), up.details);
-    const read = await rejection(unary(c.cas, 'BatchReadBlobs', { digests: [{ hash: H('a'), sizeBytes: 3 * 1024 * 1024 }, { hash: H('b'), sizeBytes: 3 * 1024 * 1024 }] }));
+    const read = await failure(unary(c.cas, 'BatchReadBlobs', { digests: [{ hash: H('a'), sizeBytes: 3 * 1024 * 1024 }, { hash: H('b'), sizeBytes: 3 * 1024 * 1024 }] }));
     assert.equal(read.code, grpc.status.INVALID_ARGUMENT);
     await assertHealthy();
   });
@@ -248,7 +232,7 @@ describe('malformed ByteStream resource names and offsets', () => {
       ['no finish_write', [{ resourceName: name(), writeOffset: 0, data }], grpc.status.INVALID_ARGUMENT],
     ];
     for (const [what, requests, expected] of cases) {
-      const err = await rejection(writeStream(c.bs, requests));
+      const err = await failure(writeStream(c.bs, requests));
       assert.equal(err.code, expected, `${what}: ${grpc.status[err.code]} ${err.details}`);
     }
     assert.equal((await unary(c.cas, 'FindMissingBlobs', { blobDigests: [bd] })).missingBlobDigests.length, 1, 'nothing bad was stored');
@@ -447,7 +431,7 @@ describe('Execute refuses escaping and malformed trees and commands', () => {
     ];
     for (const [what, command] of cases) {
       const action = await actionWithRoot(root, [fileBlob], command);
-      const err = await rejection(collect(exec.Execute({ actionDigest: action.actionDigest, skipCacheLookup: true })));
+      const err = await failure(collect(exec.Execute({ actionDigest: action.actionDigest, skipCacheLookup: true })));
       assert.equal(err.code, grpc.status.INVALID_ARGUMENT, `${what}: ${grpc.status[err.code]} ${err.details}`);
     }
     await assertHealthy();

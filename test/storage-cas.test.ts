@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { compress } from 'zstd-napi';
 import { rex } from '../apis';
 import { unary } from '../apis/services';
-import { clientsFor, statusOf } from './helpers/clients';
+import { clientsFor, failure, statusOf } from './helpers/clients';
 import { ServerProcess, startServerProcess } from './helpers/server-process';
 
 type Clients = ReturnType<typeof clientsFor>;
@@ -46,14 +46,6 @@ async function missing(digests: rex.IDigest[], instanceName = ''): Promise<strin
   return keys((await unary(c.cas, 'FindMissingBlobs', { instanceName, blobDigests: digests })).missingBlobDigests);
 }
 
-async function rejected(p: Promise<unknown>): Promise<grpc.ServiceError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as grpc.ServiceError;
-  }
-  assert.fail('call unexpectedly succeeded');
-}
 
 test('Capabilities advertise SHA256, the 4 MiB batch limit, ZSTD, AC updates and API 2.0-2.2+', async () => {
   const caps = await unary(c.caps, 'GetCapabilities', { instanceName: '' });
@@ -155,7 +147,7 @@ test('BatchUpdateBlobs: data not matching its digest is refused per blob, named,
 test('a batch over 4 MiB in total is INVALID_ARGUMENT naming the limit, and nothing of it is stored', async () => {
   const a = randomBytes(2 * MiB + 1);
   const b = randomBytes(2 * MiB);
-  const err = await rejected(unary(c.cas, 'BatchUpdateBlobs', { requests: [a, b].map((data) => ({ digest: digestOf(data), data })) }));
+  const err = await failure(unary(c.cas, 'BatchUpdateBlobs', { requests: [a, b].map((data) => ({ digest: digestOf(data), data })) }));
   assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
   assert.match(err.details, /4194304/);
   assert.deepEqual(await missing([digestOf(a), digestOf(b)]), keys([digestOf(a), digestOf(b)]));
@@ -166,7 +158,7 @@ test('a batch over 4 MiB in total is INVALID_ARGUMENT naming the limit, and noth
   const read = await unary(c.cas, 'BatchReadBlobs', { digests: [digestOf(c1), digestOf(c2)] });
   assert.ok(bytes(read.responses[0].data).equals(c1) && bytes(read.responses[1].data).equals(c2));
   // Reading more than 4 MiB in one batch is refused the same way.
-  const err2 = await rejected(unary(c.cas, 'BatchReadBlobs', { digests: [digestOf(c1), digestOf(c2), digestOf(a)] }));
+  const err2 = await failure(unary(c.cas, 'BatchReadBlobs', { digests: [digestOf(c1), digestOf(c2), digestOf(a)] }));
   assert.equal(err2.code, grpc.status.INVALID_ARGUMENT);
   assert.match(err2.details, /4194304/);
 });
@@ -198,14 +190,14 @@ test('malformed digests are INVALID_ARGUMENT', async () => {
     const up = await unary(c.cas, 'BatchUpdateBlobs', { requests: [{ digest: d, data: Buffer.from('x') }] });
     assert.equal(up.responses[0].status?.code, grpc.status.INVALID_ARGUMENT, JSON.stringify(d));
   }
-  const err = await rejected(unary(c.cas, 'FindMissingBlobs', { blobDigests: [{ hash: h.toUpperCase(), sizeBytes: 1 }] }));
+  const err = await failure(unary(c.cas, 'FindMissingBlobs', { blobDigests: [{ hash: h.toUpperCase(), sizeBytes: 1 }] }));
   assert.match(err.details, /blob_digests\[0\]/);
 });
 
 test('an unsupported digest_function is INVALID_ARGUMENT on every CAS call', async () => {
   const data = randomBytes(20);
   for (const digestFunction of [SHA1, MD5, 99]) {
-    const fmb = await rejected(unary(c.cas, 'FindMissingBlobs', { digestFunction, blobDigests: [digestOf(data)] }));
+    const fmb = await failure(unary(c.cas, 'FindMissingBlobs', { digestFunction, blobDigests: [digestOf(data)] }));
     assert.equal(fmb.code, grpc.status.INVALID_ARGUMENT);
     assert.match(fmb.details, /digest function/);
     assert.equal(await statusOf(unary(c.cas, 'BatchUpdateBlobs', { digestFunction, requests: [{ digest: digestOf(data), data }] })), grpc.status.INVALID_ARGUMENT);

@@ -8,7 +8,6 @@ import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
-import { Client } from 'minio';
 import { bytestream, rex } from '../apis';
 import { unary } from '../apis/services';
 import { Storage } from '../cas/blob-store';
@@ -19,8 +18,8 @@ import { S3Storage } from '../cas/s3-storage';
 import { TieredStorage } from '../cas/tiered-storage';
 import { RpcError } from '../server/rpc-error';
 import { parseStorageFlag, readStorageConfig } from '../server/storage-config';
-import { clientsFor, readAll, writeStream } from './helpers/clients';
-import { S3_ACCESS_KEY, S3_SECRET_KEY, TestS3, startS3 } from './helpers/s3';
+import { clientsFor, failure, readAll, writeStream } from './helpers/clients';
+import { TestS3, startS3 } from './helpers/s3';
 import { ServerProcess, startServerProcess, tempDir } from './helpers/server-process';
 
 const MiB = 1024 * 1024;
@@ -48,20 +47,12 @@ function scratch(prefix: string): string {
 
 function openS3(prefix: string): Promise<S3Storage> {
   return S3Storage.open({
-    endpoint: s3.endpoint,
-    bucket: s3.bucket,
-    prefix,
-    accessKey: S3_ACCESS_KEY,
-    secretKey: S3_SECRET_KEY,
-    useSSL: false,
+    ...s3.settings(prefix),
     partBytes: PART,
     localDir: scratch('s3-local'),
   });
 }
 
-function rawS3(): Client {
-  return new Client({ endPoint: s3.host, port: s3.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, pathStyle: true });
-}
 
 async function readStream(stream: Readable | undefined): Promise<Buffer | undefined> {
   if (!stream) return undefined;
@@ -70,14 +61,6 @@ async function readStream(stream: Readable | undefined): Promise<Buffer | undefi
   return Buffer.concat(chunks);
 }
 
-async function rejection(p: Promise<unknown>): Promise<RpcError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RpcError;
-  }
-  assert.fail('unexpectedly succeeded');
-}
 
 /** A verified file in the storage's scratch directory, as an upload would leave it. */
 async function scratchFile(storage: Storage, data: Buffer): Promise<string> {
@@ -192,7 +175,7 @@ function storageContract(backend: Backend): void {
       const claimed = randomBytes(64);
       const d = digestOf(claimed);
       for (const wrong of [randomBytes(64), claimed.subarray(0, 10)]) {
-        const err = await rejection(cas.put(d, wrong));
+        const err = await failure<RpcError>(cas.put(d, wrong));
         assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
         assert.match(err.message, new RegExp(d.hash));
       }
@@ -278,7 +261,7 @@ describe('S3 layout and the disk tier', () => {
     await storage.cas('').put(d, data);
     await storage.cas('team/a').put(d, data);
     await storage.actionCache('').put(d, Buffer.from('r'));
-    const client = rawS3();
+    const client = s3.client();
     assert.equal((await client.statObject(s3.bucket, `layout/p/instances/_/cas/${d.hash}`)).size, 123);
     assert.equal((await client.statObject(s3.bucket, `layout/p/instances/team%2Fa/cas/${d.hash}`)).size, 123);
     assert.equal((await client.statObject(s3.bucket, `layout/p/instances/_/ac/${d.hash}-123`)).size, 1);
@@ -290,9 +273,9 @@ describe('S3 layout and the disk tier', () => {
     const tiered = new TieredStorage(await DiskTier.open(tierDir, 64 * MiB), await openS3(prefix));
     const data = randomBytes(4096);
     const d = digestOf(data);
-    await rawS3().putObject(s3.bucket, `${prefix}/instances/_/cas/${d.hash}`, randomBytes(4096));
-    assert.equal((await rejection(tiered.cas('').read(d))).code, grpc.status.DATA_LOSS);
-    assert.equal((await rejection(tiered.cas('').openRead(d))).code, grpc.status.DATA_LOSS);
+    await s3.client().putObject(s3.bucket, `${prefix}/instances/_/cas/${d.hash}`, randomBytes(4096));
+    assert.equal((await failure<RpcError>(tiered.cas('').read(d))).code, grpc.status.DATA_LOSS);
+    assert.equal((await failure<RpcError>(tiered.cas('').openRead(d))).code, grpc.status.DATA_LOSS);
     assert.equal(await bytesUnder(tierDir), 0, 'nothing of it kept locally');
   });
 
@@ -403,7 +386,7 @@ describe('reapi serve --storage s3://: servers sharing one bucket', () => {
     const res = await writeStream(c1.bs, writeRequests(big));
     assert.equal(Number(res.committedSize), big.length);
     const key = `${prefix}/instances/_/cas/${digestOf(big).hash}`;
-    assert.equal((await rawS3().statObject(s3.bucket, key)).size, big.length, 'the blob is in the bucket');
+    assert.equal((await s3.client().statObject(s3.bucket, key)).size, big.length, 'the blob is in the bucket');
     assert.ok(s3.requests.slice(seen).some((r) => r.startsWith('POST ') && r.includes(`${digestOf(big).hash}?uploads`)), 'went up as a multipart upload');
     assert.ok((await readAll(c1.bs, { resourceName: readName(digestOf(big)) })).equals(big));
     const part = await readAll(c1.bs, { resourceName: readName(digestOf(big)), readOffset: 20 * MiB, readLimit: MiB });
@@ -445,12 +428,7 @@ describe('reapi serve --storage s3://: servers sharing one bucket', () => {
       config,
       JSON.stringify({
         type: 's3',
-        endpoint: s3.endpoint,
-        bucket: s3.bucket,
-        prefix,
-        accessKey: S3_ACCESS_KEY,
-        secretKey: S3_SECRET_KEY,
-        useSSL: false,
+        ...s3.settings(prefix),
         tier: { dir: tierDir, maxBytes: 4 * MiB },
       }),
     );

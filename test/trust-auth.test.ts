@@ -27,6 +27,7 @@ import { buildAction, decodeOperation, executeToEnd, upload } from './helpers/ac
 import { readAll, statusOf, writeStream } from './helpers/clients';
 import { TestRedis, startRedis } from './helpers/redis';
 import { ServerProcess, WorkerProcess, startServerProcess, startWorkerProcess, tempDir } from './helpers/server-process';
+import { bearerToken } from '../worker/server-connection';
 
 const { UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, OK } = grpc.status;
 
@@ -74,20 +75,10 @@ after(async () => {
   if (dir) await fs.rm(dir, { recursive: true, force: true });
 });
 
-/** Sends "authorization: Bearer <token>" on every call, as Bazel's --remote_header does. */
-function bearer(token: string): grpc.Interceptor {
-  return (options, nextCall) =>
-    new grpc.InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
-        metadata.set('authorization', `Bearer ${token}`);
-        next(metadata, listener);
-      },
-    });
-}
 
 /** Clients of every service that present `token` (none when undefined). */
 function clientsAs(token: string | undefined) {
-  const options: grpc.ClientOptions = { interceptors: token === undefined ? [] : [bearer(token)] };
+  const options: grpc.ClientOptions = { interceptors: token === undefined ? [] : [bearerToken(token)] };
   const clients = {
     caps: createClient(CapabilitiesService, server.address, undefined, options),
     cas: createClient(CasService, server.address, undefined, options),
@@ -149,7 +140,7 @@ async function uploadedAction(clients: ReturnType<typeof clientsAs>, instance: s
 test('without a token, or with an unknown one, every method of every service is UNAUTHENTICATED', async () => {
   const before = refusals().length;
   const anonymous = { interceptors: [] as grpc.Interceptor[] };
-  const impostor = { interceptors: [bearer(`not-a-token-${randomUUID()}`)] };
+  const impostor = { interceptors: [bearerToken(`not-a-token-${randomUUID()}`)] };
   let calls = 0;
   for (const [label, options] of [['no token', anonymous], ['unknown token', impostor]] as const) {
     for (const service of allServices) {

@@ -14,22 +14,15 @@ import { clientsFor, readAll } from './helpers/clients';
 import { startRedis, type TestRedis } from './helpers/redis';
 import { startServerProcess, startWorkerProcess, type ServerProcess, type WorkerProcess } from './helpers/server-process';
 import { createProcessSandbox } from '../worker/sandbox/process-sandbox';
-import type { Sandbox, SandboxResult, SandboxSlot, SlotRunRequest } from '../worker/sandbox/sandbox';
+import type { Sandbox, SandboxSlot, SlotRunRequest } from '../worker/sandbox/sandbox';
+import { Ran, runInDir } from './helpers/sandbox-run';
 
 const IMAGE = 'reapi-toolchain:bookworm';
-const PATH_ENV = '/usr/local/bin:/usr/bin:/bin';
 /** Far from real users' uids, so the sweeps can hit nothing but this test's actions. */
 const FIRST_UID = 41000 + (process.pid % 500) * 2;
 const GID = 41000;
 
 const skip = process.getuid?.() === 0 ? false : 'the process sandbox needs root (it switches actions to other uids)';
-
-interface Ran {
-  result: SandboxResult;
-  stdout: string;
-  stderr: string;
-  dir: string;
-}
 
 /** A directory under the exec root owned by the slot's user, as the pipeline makes them. */
 function actionDir(execRoot: string, slot: SandboxSlot): string {
@@ -39,18 +32,8 @@ function actionDir(execRoot: string, slot: SandboxSlot): string {
   return dir;
 }
 
-async function runIn(slot: SandboxSlot, dir: string, argv: string[], extra: Partial<SlotRunRequest> = {}): Promise<Ran> {
-  const req: SlotRunRequest = {
-    argv,
-    env: { PATH: PATH_ENV },
-    cwd: dir,
-    stdoutPath: path.join(dir, 'stdout'),
-    stderrPath: path.join(dir, 'stderr'),
-    timeoutMs: 60_000,
-    ...extra,
-  };
-  const result = await slot.run(req);
-  return { result, stdout: fs.readFileSync(req.stdoutPath, 'utf8'), stderr: fs.readFileSync(req.stderrPath, 'utf8'), dir };
+function runIn(slot: SandboxSlot, dir: string, argv: string[], extra: Partial<SlotRunRequest> = {}): Promise<Ran> {
+  return runInDir((req) => slot.run(req), dir, argv, extra);
 }
 
 function isRunning(pid: number): boolean {

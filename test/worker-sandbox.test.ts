@@ -2,7 +2,6 @@
 // Skipped, with the reason, only when `docker info` fails.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -11,27 +10,13 @@ import Docker from 'dockerode';
 import { status } from '@grpc/grpc-js';
 import { RpcError } from '../server/rpc-error';
 import { checkInputRootAbsolutePath } from '../worker/sandbox/input-root-path';
-import { createDockerSandbox, SandboxError, type Sandbox, type SandboxRequest, type SandboxResult, type SandboxSlot } from '../worker/sandbox/sandbox';
+import { createDockerSandbox, SandboxError, type Sandbox, type SandboxRequest, type SandboxSlot } from '../worker/sandbox/sandbox';
+import { PATH_ENV, Ran, runInDir } from './helpers/sandbox-run';
+import { noDocker } from './helpers/docker';
 
 const IMAGE = 'docker://reapi-toolchain:bookworm';
-const PATH_ENV = '/usr/local/bin:/usr/bin:/bin';
 
-function dockerUnavailable(): string | false {
-  try {
-    execFileSync('docker', ['info'], { stdio: 'pipe', timeout: 30_000 });
-    return false;
-  } catch (err) {
-    return `docker info failed, skipping sandbox tests: ${(err as Error).message.split('\n')[0]}`;
-  }
-}
-const skip = dockerUnavailable();
-
-interface Ran {
-  result: SandboxResult;
-  stdout: string;
-  stderr: string;
-  dir: string;
-}
+const skip = noDocker;
 
 /** A fresh world-writable action dir under the exec root (the action runs as uid 1000). */
 function actionDir(execRoot: string): string {
@@ -40,20 +25,9 @@ function actionDir(execRoot: string): string {
   return dir;
 }
 
-async function run(sandbox: Sandbox, execRoot: string, argv: string[], extra: Partial<SandboxRequest> = {}): Promise<Ran> {
-  const dir = extra.cwd ?? actionDir(execRoot);
-  const req: SandboxRequest = {
-    image: IMAGE,
-    argv,
-    env: { PATH: PATH_ENV },
-    cwd: dir,
-    stdoutPath: path.join(dir, 'stdout'),
-    stderrPath: path.join(dir, 'stderr'),
-    timeoutMs: 60_000,
-    ...extra,
-  };
-  const result = await sandbox.run(req);
-  return { result, stdout: fs.readFileSync(req.stdoutPath, 'utf8'), stderr: fs.readFileSync(req.stderrPath, 'utf8'), dir };
+function run(sandbox: Sandbox, execRoot: string, argv: string[], extra: Partial<SandboxRequest> = {}): Promise<Ran> {
+  const { image = IMAGE, ...rest } = extra;
+  return runInDir((req) => sandbox.run({ ...req, image }), extra.cwd ?? actionDir(execRoot), argv, rest);
 }
 
 async function poolContainers(poolId: string): Promise<Docker.ContainerInfo[]> {
@@ -348,11 +322,8 @@ function stage(slot: SandboxSlot, files: Record<string, string>): void {
   for (const [name, content] of Object.entries(files)) fs.writeFileSync(path.join(root, name), content);
 }
 
-async function runInSlot(slot: SandboxSlot, execRoot: string, argv: string[], cwd = slot.inputRoot!.containerPath): Promise<Ran> {
-  const dir = actionDir(execRoot);
-  const req = { argv, env: { PATH: PATH_ENV }, cwd, stdoutPath: path.join(dir, 'stdout'), stderrPath: path.join(dir, 'stderr'), timeoutMs: 60_000 };
-  const result = await slot.run(req);
-  return { result, stdout: fs.readFileSync(req.stdoutPath, 'utf8'), stderr: fs.readFileSync(req.stderrPath, 'utf8'), dir };
+function runInSlot(slot: SandboxSlot, execRoot: string, argv: string[], cwd = slot.inputRoot!.containerPath): Promise<Ran> {
+  return runInDir((req) => slot.run(req), actionDir(execRoot), argv, { cwd });
 }
 
 function refusedPath(p: string, execRoot = '/srv/reapi/actions'): string | undefined {

@@ -101,7 +101,8 @@ export function connectToServer(url: string, connect: ConnectOptions = {}): Serv
   };
 }
 
-function bearerToken(token: string): grpc.Interceptor {
+/** Sends "authorization: Bearer <token>" on every call, as Bazel's --remote_header does. */
+export function bearerToken(token: string): grpc.Interceptor {
   return (options, nextCall) =>
     new grpc.InterceptingCall(nextCall(options), {
       start(metadata, listener, next) {

@@ -57,11 +57,11 @@ export async function statusOf(p: Promise<unknown>): Promise<grpc.status> {
 }
 
 /** The error a call must fail with; fails the test if the call succeeds. */
-export async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
+export async function failure<E = grpc.ServiceError>(p: Promise<unknown>): Promise<E> {
   try {
     await p;
   } catch (err) {
-    return err as grpc.ServiceError;
+    return err as E;
   }
   throw new Error('call unexpectedly succeeded');
 }

@@ -15,6 +15,7 @@ import { IncomingMessage, ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { Client } from 'minio';
 
 // s3rver ships no types; this is the part of it used here.
 interface S3rverApp {
@@ -28,10 +29,6 @@ export const S3_ACCESS_KEY = 'S3RVER';
 export const S3_SECRET_KEY = 'S3RVER';
 
 export interface TestS3 {
-  /** HOST:PORT */
-  endpoint: string;
-  host: string;
-  port: number;
   bucket: string;
   /** Where s3rver keeps buckets and objects. */
   dir: string;
@@ -39,6 +36,10 @@ export interface TestS3 {
   requests: string[];
   /** A `--storage` flag value for this S3 (http, the test credentials). */
   storageUrl(prefix: string, query?: Record<string, string | number>): string;
+  /** Where and how to reach it, as S3Storage.open() and a storage config file take them. */
+  settings(prefix: string): { endpoint: string; bucket: string; prefix: string; accessKey: string; secretKey: string; useSSL: false };
+  /** A plain minio client, to look at the bucket behind a storage's back. */
+  client(): Client;
   stop(): Promise<void>;
 }
 
@@ -70,15 +71,18 @@ export async function startS3(bucket = 'reapi-test'): Promise<TestS3> {
   const port = (server.address() as AddressInfo).port;
   const host = '127.0.0.1';
   return {
-    endpoint: `${host}:${port}`,
-    host,
-    port,
     bucket,
     dir,
     requests,
     storageUrl(prefix, query = {}) {
       const params = new URLSearchParams({ secure: 'false', ...Object.fromEntries(Object.entries(query).map(([k, v]) => [k, String(v)])) });
       return `s3://${S3_ACCESS_KEY}:${S3_SECRET_KEY}@${host}:${port}/${bucket}/${prefix}?${params}`;
+    },
+    settings(prefix) {
+      return { endpoint: `${host}:${port}`, bucket, prefix, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, useSSL: false };
+    },
+    client() {
+      return new Client({ endPoint: host, port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, pathStyle: true });
     },
     async stop() {
       server.closeAllConnections();

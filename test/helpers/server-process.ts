@@ -7,33 +7,31 @@ import * as path from 'node:path';
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 export const REAPI_BIN = path.join(REPO_ROOT, 'dist', 'bin', 'reapi.js');
 
-export interface ServerProcess {
-  address: string;
-  dataDir: string;
+/** A running `reapi` subcommand: its output so far and how to stop it. */
+interface RunningReapi {
   child: ChildProcess;
-  /** Everything the process wrote to stdout so far (its start-up line). */
+  /** Everything the process wrote to stdout so far (its ready line). */
   stdout(): string;
   /** Everything the process wrote to stderr so far. */
   stderr(): string;
-  /** SIGTERM, waits for exit; resolves with the exit code. */
+  /** SIGTERM (a worker drains first), waits for exit; resolves with the exit code. */
   stop(): Promise<number | null>;
-  /** SIGKILL: no chance to clean up. */
+  /** SIGKILL: no chance to clean up; a worker's running actions are abandoned mid-way. */
   kill(): Promise<void>;
+}
+
+export interface ServerProcess extends RunningReapi {
+  address: string;
+  dataDir: string;
 }
 
 export function tempDir(prefix: string): string {
   return mkdtempSync(path.join(tmpdir(), `reapi-${prefix}-`));
 }
 
-/** A running `reapi` subcommand: its output so far and how to stop it. */
-interface ReapiChild {
-  child: ChildProcess;
+interface ReapiChild extends RunningReapi {
   /** The first match of the ready pattern in its stdout. */
   ready: RegExpExecArray;
-  stdout(): string;
-  stderr(): string;
-  stop(): Promise<number | null>;
-  kill(): Promise<void>;
 }
 
 /** Spawns `reapi ARGS` and resolves once its stdout matches `readyLine` (rejects if it exits first). */
@@ -73,18 +71,10 @@ export async function startServerProcess(opts: { dataDir?: string; args?: string
   return { address: ready[1], dataDir, ...rest };
 }
 
-export interface WorkerProcess {
+export interface WorkerProcess extends RunningReapi {
   /** The name the worker reports in operations and ExecutedActionMetadata.worker. */
   name: string;
   workDir: string;
-  child: ChildProcess;
-  /** Everything the process wrote to stdout so far (its ready line). */
-  stdout(): string;
-  stderr(): string;
-  /** SIGTERM (drain), waits for exit; resolves with the exit code. */
-  stop(): Promise<number | null>;
-  /** SIGKILL: running actions are abandoned mid-way. */
-  kill(): Promise<void>;
 }
 
 /** Runs `reapi worker` against a server and a Redis; resolves once it prints its ready line. */
