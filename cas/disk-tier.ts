@@ -15,6 +15,7 @@ import { Readable } from 'node:stream';
 import { BlobStore, ByteRange, Storage } from './blob-store';
 import { Digest, isEmptyDigest, verifyBlob } from './digest';
 import { renameIntoPlace, writeFileAtomic } from './atomic-file';
+import { openFileRange } from './file-range';
 import { validateInstanceName } from './resource-name';
 import { log } from '../server/log';
 
@@ -149,13 +150,11 @@ class DiskTierBlobStore implements BlobStore {
 
   async openRead(d: Digest, range: ByteRange = { offset: 0 }): Promise<Readable | undefined> {
     if (!this.holds(d)) return undefined;
-    const end = range.limit === undefined ? d.sizeBytes : Math.min(d.sizeBytes, range.offset + range.limit);
-    if (d.sizeBytes === 0 || range.offset >= end) return Readable.from([]);
     const file = this.pathOf(d);
     try {
-      const handle = await fs.open(file, 'r');
+      const stream = await openFileRange(file, d.sizeBytes, range);
       this.tier.touch(file);
-      return handle.createReadStream({ start: range.offset, end: end - 1, highWaterMark: 1 << 20 });
+      return stream;
     } catch (err) {
       return this.goneIfMissing(file, err);
     }

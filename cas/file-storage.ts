@@ -14,6 +14,7 @@ import { Readable } from 'node:stream';
 import { ActionCacheStore, BlobStore, ByteRange, Storage } from './blob-store';
 import { Digest, SHA256_EMPTY, isEmptyDigest, verifyBlob } from './digest';
 import { renameIntoPlace, writeFileAtomic } from './atomic-file';
+import { openFileRange } from './file-range';
 import { validateInstanceName } from './resource-name';
 
 export class FileStorage implements Storage {
@@ -106,11 +107,8 @@ export class FileBlobStore implements BlobStore {
 
   async openRead(d: Digest, range: ByteRange = { offset: 0 }): Promise<Readable | undefined> {
     if (!this.isPresent(d)) return undefined;
-    const end = range.limit === undefined ? d.sizeBytes : Math.min(d.sizeBytes, range.offset + range.limit);
-    if (d.sizeBytes === 0 || range.offset >= end) return Readable.from([]);
     try {
-      const handle = await fs.open(this.pathOf(d), 'r');
-      return handle.createReadStream({ start: range.offset, end: end - 1, highWaterMark: 1 << 20 });
+      return await openFileRange(this.pathOf(d), d.sizeBytes, range);
     } catch (err) {
       return this.forgetIfGone(d, err);
     }
