@@ -147,11 +147,11 @@ export class ObjectRunner {
       if (!outcome.cachedResult) this.counters.remoteRuns++;
       if (result.exitCode === 0) {
         await writeOutputs(result, outputs, job.cwd, this.executor);
-      } else if (discovery.headers !== 'preprocessed' && (await missingInputSymptom(result, this.executor))) {
-        return 'preprocess';
       } else if (await missingInputSymptom(result, this.executor)) {
-        // Probably an input the discovery could not see (a file read by a tool, not the
-        // preprocessor): the local run is the truth, and prints the real error if there is one.
+        // A header the scan or the record missed: try the preprocessor's exact list. Already
+        // that one: probably a file read by a tool, not the preprocessor; the local run is the
+        // truth, and prints the real error if there is one.
+        if (discovery.headers !== 'preprocessed') return 'preprocess';
         throw new InfrastructureError(`it failed on a missing file, likely an input reapi-cc did not see`);
       } else {
         this.counters.failures++;

@@ -18,11 +18,8 @@ import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
 import { FileCache } from './file-cache';
 import { paced } from './paced-fs';
-import { encodeFiles, runTreeJob } from './tree-ops';
+import { DIRECTORY_MODE, encodeFiles, runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
-
-/** Input and output parent directories: the action may create files in them, others may read. */
-const DIRECTORY_MODE = 0o755;
 
 /** Upper bound on placed entries: shared subdirectories can make a tiny DAG expand enormously. */
 export const MAX_INPUT_ENTRIES = 2_000_000;

@@ -8,9 +8,7 @@ import {
   statSync, symlinkSync, unlinkSync,
 } from 'node:fs';
 import * as path from 'node:path';
-import { decodeFiles, SyncTreeJob, TreeJob } from './tree-ops';
-
-const DIRECTORY_MODE = 0o755;
+import { decodeFiles, DIRECTORY_MODE, SyncTreeJob, TreeJob } from './tree-ops';
 
 type Want = { kind: 'dir' } | { kind: 'file'; source: string; executable: boolean } | { kind: 'symlink'; target: string };
 

@@ -7,6 +7,9 @@
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
+/** Input and output parent directories: the action may create files in them, others may read. */
+export const DIRECTORY_MODE = 0o755;
+
 export interface SyncTreeJob {
   op: 'sync';
   root: string;
