@@ -3,6 +3,7 @@ import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import { rex, rpc } from '../apis';
 import { ExecutionService, OperationsService, createClient, unary } from '../apis/services';
 import { clientsFor, readAll, statusOf } from './helpers/clients';
@@ -77,6 +78,29 @@ test('an action runs in the container, streams its stages and is cached', async 
 
   const fresh = await executeToEnd(exec, { actionDigest: action.actionDigest, skipCacheLookup: true });
   assert.equal(fresh.cachedResult, false);
+});
+
+test('outputs are moved into the CAS read-only and the server\'s own; a hardlinked output is copied', async () => {
+  const action = await uploaded({
+    args: ['sh', '-c', 'echo moved > out/a.txt && echo linked > out/b.txt && ln out/b.txt out/c.txt'],
+    outputPaths: ['out/a.txt', 'out/b.txt', 'out/c.txt'],
+    salt: `adopt-${Date.now()}`,
+  });
+  const response = await executeToEnd(exec, { actionDigest: action.actionDigest, skipCacheLookup: true });
+  assert.equal(response.status?.code ?? 0, 0, response.status?.message ?? '');
+  const files = new Map(response.result!.outputFiles.map((f) => [f.path, f.digest!]));
+  assert.deepEqual([...files.keys()].sort(), ['out/a.txt', 'out/b.txt', 'out/c.txt']);
+  assert.equal(await blobText(files.get('out/a.txt')), 'moved\n');
+  assert.equal(await blobText(files.get('out/c.txt')), 'linked\n');
+  for (const name of ['out/a.txt', 'out/b.txt']) {
+    // The default instance's blobs: DATA/instances/<name>/cas/ab/<hash>
+    const hash = files.get(name)!.hash!;
+    const [stored] = execFileSync('find', [server.dataDir, '-path', `*/cas/${hash.slice(0, 2)}/${hash}`], { encoding: 'utf8' }).split('\n');
+    const st = fs.statSync(stored!);
+    assert.equal(st.mode & 0o777, 0o444, `${name}: read-only in the CAS`);
+    assert.deepEqual([st.uid, st.gid], [process.getuid!(), process.getgid!()], `${name}: no longer the action user's`);
+    assert.equal(st.nlink, 1, `${name}: shares its inode with nothing the action could still reach`);
+  }
 });
 
 test('a failing action reports its exit code and stderr and is not cached', async () => {

@@ -109,24 +109,26 @@ test('actions with different paths alternate, each seeing only its own inputs', 
   }
 });
 
-test('an action that tampers with its inputs leaves the next action at that path exactly its own tree', async () => {
-  // A container's input root keeps the last tree, and staging the next one keeps what is still
-  // wanted: whatever the first action removed, replaced, moved, added or locked must not reach
-  // the second, which has the same inputs plus one.
-  const root = treePath();
-  const inputs = { 'src/a.h': 'A\n', 'src/b.h': 'B\n', 'src/keep/c.h': 'C\n', 'top.txt': 'T\n' };
-  const tamper = [
-    'rm src/a.h', 'rm src/b.h && echo evil > src/b.h', 'mv src/keep src/moved && mkdir src/keep && echo extra > src/keep/extra.h',
-    'mv top.txt top.old && ln -s src/b.h top.txt', 'mkdir locked && chmod 000 locked', 'echo junk > junk.txt', 'chmod 000 src',
-  ].join(' && ');
-  await succeeded(await run(root, { args: ['sh', '-c', tamper], inputs, salt: 'tamper' }));
-  const list = 'find . | sort && cat src/a.h src/b.h src/keep/c.h top.txt new.txt && stat -c %a src src/keep && test ! -L top.txt';
-  const result = await succeeded(await run(root, { args: ['sh', '-c', list], inputs: { ...inputs, 'new.txt': 'N\n' }, salt: 'list' }));
-  assert.equal(
-    await text(result.stdoutDigest),
-    ['.', './new.txt', './src', './src/a.h', './src/b.h', './src/keep', './src/keep/c.h', './top.txt', 'A', 'B', 'C', 'T', 'N', '755', '755', ''].join('\n'),
-  );
-});
+for (const [kind, root] of [['at an InputRootAbsolutePath', treePath()], ['in a container without one', undefined]] as const) {
+  test(`an action that tampers with its inputs leaves the next action ${kind} exactly its own tree`, async () => {
+    // A container's input root keeps the last tree, and staging the next one keeps what is still
+    // wanted: whatever the first action removed, replaced, moved, added or locked must not reach
+    // the second, which has the same inputs plus one (and runs in the same warm container).
+    const inputs = { 'src/a.h': 'A\n', 'src/b.h': 'B\n', 'src/keep/c.h': 'C\n', 'top.txt': 'T\n' };
+    const tamper = [
+      'cat /etc/hostname', 'rm src/a.h', 'rm src/b.h && echo evil > src/b.h', 'mv src/keep src/moved && mkdir src/keep && echo extra > src/keep/extra.h',
+      'mv top.txt top.old && ln -s src/b.h top.txt', 'mkdir locked && chmod 000 locked', 'echo junk > junk.txt', 'chmod 000 src',
+    ].join(' && ');
+    const tampered = await succeeded(await run(root, { args: ['sh', '-c', tamper], inputs, salt: `tamper-${kind}` }));
+    const list = 'cat /etc/hostname && find . | sort && cat src/a.h src/b.h src/keep/c.h top.txt new.txt && stat -c %a src src/keep && test ! -L top.txt';
+    const result = await succeeded(await run(root, { args: ['sh', '-c', list], inputs: { ...inputs, 'new.txt': 'N\n' }, salt: `list-${kind}` }));
+    const container = await text(tampered.stdoutDigest);
+    assert.equal(
+      await text(result.stdoutDigest),
+      container + ['.', './new.txt', './src', './src/a.h', './src/b.h', './src/keep', './src/keep/c.h', './top.txt', 'A', 'B', 'C', 'T', 'N', '755', '755', ''].join('\n'),
+    );
+  });
+}
 
 test('unusable paths are refused with INVALID_ARGUMENT naming them', async () => {
   for (const bad of ['', 'relative/tree', '/work/../etc/x', '/usr', '/usr/local/src', '/', '/work/tree/', '/lib64/x', '/tmp']) {
@@ -144,7 +146,7 @@ test('actions with the same path reuse one warm container', async () => {
   assert.equal(containersFor(root).length, 1);
 });
 
-test('actions without the property still run in a per-action directory', async () => {
+test('actions without the property run in their container\'s own directory under the data dir', async () => {
   const result = await succeeded(await run(undefined, { args: ['pwd'] }));
   const cwd = (await text(result.stdoutDigest)).trim();
   assert.ok(cwd.startsWith(server.dataDir) && cwd.endsWith('/root'), cwd);

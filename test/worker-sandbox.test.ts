@@ -371,7 +371,7 @@ describe('docker sandbox, input root paths', { skip }, () => {
     const slot = await sandbox.acquire({ image: IMAGE, inputRootAbsolutePath: p });
     const hostRoot = slot.inputRoot!.hostPath;
     assert.equal(slot.inputRoot!.containerPath, p);
-    assert.equal(path.dirname(hostRoot), execRoot, 'under the exec root: same filesystem as the cache');
+    assert.equal(path.dirname(path.dirname(hostRoot)), execRoot, 'in a slot directory under the exec root: same filesystem as the cache');
     stage(slot, { 'in.txt': 'input\n' });
     const script = `pwd; cat in.txt; echo made > out.txt; touch ${path.dirname(p)}/sibling 2>/dev/null && echo parent-writable; cat /etc/hostname`;
     const first = await runInSlot(slot, execRoot, ['sh', '-c', script]);
@@ -487,6 +487,6 @@ describe('docker sandbox, strict mode', { skip }, () => {
   it('keeps no container once closed', async () => {
     await sandbox.close();
     assert.equal((await poolContainers(poolId)).length, 0);
-    assert.deepEqual(fs.readdirSync(execRoot).filter((name) => name.startsWith('input-root-')), [], 'input root directories go with their containers');
+    assert.deepEqual(fs.readdirSync(execRoot).filter((name) => name.startsWith('slot-')), [], 'slot directories go with their containers');
   });
 });

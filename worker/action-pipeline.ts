@@ -1,9 +1,9 @@
 // One action, start to finish, as visible stages: fetch inputs -> run -> upload outputs.
 // Every stage records its timestamps in ExecutedActionMetadata; whatever happens, the caller,
 // once it has reported the outcome, releases the container slot and the cache pins and removes
-// the action's directory (PipelineRun).
-// With the InputRootAbsolutePath platform property the input root is staged into the acquired
-// container's own directory, which the action sees at that absolute path.
+// the action's directory if it needed one (PipelineRun).
+// A container keeps its own input root and captures (slot-dir.ts): the inputs are staged into
+// that root, which the action sees at its InputRootAbsolutePath if it has one.
 import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -81,13 +81,17 @@ export async function runActionPipeline(
       await held.slot?.release();
       held.unpinInputs?.(); // links already made keep their content, whatever the cache evicts
     },
-    removeDirectory: () => removeTree(held.actionDir).catch(() => undefined),
+    removeDirectory: async () => {
+      if (held.actionDirMade) await removeTree(held.actionDir).catch(() => undefined);
+    },
   };
 }
 
 /** What an action holds until it is released, recorded by the stages as they acquire it. */
 interface HeldResources {
   readonly actionDir: string;
+  /** Only made for what the slot does not keep itself (see runAction). */
+  actionDirMade?: boolean;
   slot?: SandboxSlot;
   unpinInputs?: () => void;
 }
@@ -125,15 +129,19 @@ async function runAction(
     // Where the inputs are staged on the host, and where the action sees them.
     const root = slot.inputRoot?.hostPath ?? path.join(actionDir, 'root');
     const rootInContainer = slot.inputRoot?.containerPath ?? root;
+    const stdio = slot.stdio ?? { stdoutPath: path.join(actionDir, 'stdout'), stderrPath: path.join(actionDir, 'stderr') };
     // The process sandbox runs each slot as a uid of its own; containers all use the configured one.
     const { uid, gid } = slot.user ?? opts;
 
     meta.inputFetchStartTimestamp = now();
     const outputs = command.outputPaths.length > 0 ? command.outputPaths : [...command.outputFiles, ...command.outputDirectories];
     const extraDirectories = outputParents(command.workingDirectory, outputs);
-    // The action's own directory belongs to the action user: its stdout/stderr live here, and
-    // its TMPDIR unless the sandbox has a private one.
-    await makeOwnedDirectory(actionDir, uid, gid);
+    // The action's own directory, for whatever its slot does not keep: it belongs to the action
+    // user (its stdout/stderr live here, and its TMPDIR unless the sandbox has a private one).
+    if (!slot.inputRoot || !slot.stdio || !slot.scratchDir) {
+      held.actionDirMade = true;
+      await makeOwnedDirectory(actionDir, uid, gid);
+    }
     const scratchDir = slot.scratchDir ?? path.join(actionDir, 'tmp');
     await settleAll([
       slot.scratchDir ? Promise.resolve() : makeOwnedDirectory(scratchDir, uid, gid),
@@ -164,8 +172,7 @@ async function runAction(
       argv: command.arguments,
       env,
       cwd: path.posix.join(rootInContainer, command.workingDirectory),
-      stdoutPath: path.join(actionDir, 'stdout'),
-      stderrPath: path.join(actionDir, 'stderr'),
+      ...stdio,
       timeoutMs,
       maxOutputBytes: opts.maxOutputBytes,
       signal: cancel,
@@ -174,9 +181,10 @@ async function runAction(
 
     meta.outputUploadStartTimestamp = now();
     const [collected, stdoutDigest, stderrDigest] = await Promise.all([
-      collectOutputs({ instanceName, access: opts.access, root, workingDirectory: command.workingDirectory, command }),
-      uploadStdio(opts.access, instanceName, path.join(actionDir, 'stdout')),
-      uploadStdio(opts.access, instanceName, path.join(actionDir, 'stderr')),
+      // Nothing of the action is left running, so the CAS may take its output files as they are.
+      collectOutputs({ instanceName, access: opts.access, root, workingDirectory: command.workingDirectory, command, takeOver: !run.processesSurvived }),
+      uploadStdio(opts.access, instanceName, stdio.stdoutPath),
+      uploadStdio(opts.access, instanceName, stdio.stderrPath),
     ]);
     meta.outputUploadCompletedTimestamp = now();
     meta.workerCompletedTimestamp = now();

@@ -11,4 +11,10 @@ export interface ContentAccess {
   /** Uploads a local file whose digest the caller computed. The file is left in place. */
   uploadFile(instanceName: string, digest: Digest, path: string): Promise<void>;
   uploadBlob(instanceName: string, digest: Digest, data: Buffer): Promise<void>;
+  /**
+   * Stores a file nothing will write or read under its path again (an output of a finished
+   * action), whose digest the caller computed: the store may take the file itself rather than
+   * copy it, and the path may be gone afterwards. Only where storage is local.
+   */
+  adoptFile?(instanceName: string, digest: Digest, path: string): Promise<void>;
 }

@@ -26,6 +26,11 @@ export interface CollectOptions {
   /** Command.working_directory, relative to the root; output paths are relative to it. */
   workingDirectory: string;
   command: rex.Command;
+  /**
+   * The action is over and none of its processes is left, so its files can no longer change:
+   * output files may be moved into the CAS (ContentAccess.adoptFile) instead of copied.
+   */
+  takeOver?: boolean;
 }
 
 export type CollectedOutputs = Pick<
@@ -36,7 +41,7 @@ export type CollectedOutputs = Pick<
 type Kind = 'file' | 'directory' | 'symlink';
 
 export async function collectOutputs(opts: CollectOptions): Promise<CollectedOutputs> {
-  const uploader = new Uploader(opts.instanceName, opts.access);
+  const uploader = new Uploader(opts.instanceName, opts.access, opts.takeOver ?? false);
   const result = {
     outputFiles: [] as rex.OutputFile.$Properties[],
     outputDirectories: [] as rex.OutputDirectory.$Properties[],
@@ -86,7 +91,7 @@ export async function collectOutputs(opts: CollectOptions): Promise<CollectedOut
  */
 export async function uploadStdio(access: ContentAccess, instanceName: string, file: string): Promise<Digest> {
   try {
-    return await new Uploader(instanceName, access).file(file);
+    return await new Uploader(instanceName, access, false).file(file);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { hash: SHA256_EMPTY, sizeBytes: 0 };
     throw err;
@@ -227,13 +232,16 @@ class Uploader {
   private readonly uploads = new Map<string, Promise<void>>();
   private readonly limit = limiter(UPLOAD_CONCURRENCY);
 
-  constructor(private readonly instanceName: string, private readonly access: ContentAccess) {}
+  constructor(private readonly instanceName: string, private readonly access: ContentAccess, private readonly takeOver: boolean) {}
 
-  /** Hashes a regular file (refusing to open it through a symlink) and uploads it. */
+  /** Hashes a regular file (refusing to open it through a symlink) and uploads it, or has the CAS take it. */
   file(file: string): Promise<Digest> {
     return this.limit(async () => {
       const { digest, data } = await readRegularFile(file);
-      await this.once(digest, () => (data ? this.access.uploadBlob(this.instanceName, digest, data) : this.access.uploadFile(this.instanceName, digest, file)));
+      await this.once(digest, () => {
+        if (this.takeOver && this.access.adoptFile) return this.access.adoptFile(this.instanceName, digest, file);
+        return data ? this.access.uploadBlob(this.instanceName, digest, data) : this.access.uploadFile(this.instanceName, digest, file);
+      });
       return digest;
     });
   }

@@ -95,7 +95,8 @@ function keep(job: SyncTreeJob, w: Want, entry: Dirent, at: string): boolean {
   if (w.kind === 'dir') return entry.isDirectory();
   if (w.kind === 'symlink') {
     if (!entry.isSymbolicLink() || readlinkSync(at) !== w.target) return false;
-    if (job.uid !== undefined || job.gid !== undefined) lchownSync(at, job.uid ?? -1, job.gid ?? -1);
+    const st = lstatSync(at); // changed only if it differs, as ownDirectory() explains
+    if ((job.uid !== undefined && st.uid !== job.uid) || (job.gid !== undefined && st.gid !== job.gid)) lchownSync(at, job.uid ?? -1, job.gid ?? -1);
     return true;
   }
   // The cache's inode itself: root's and read-only, so the action could not have changed it.
@@ -105,10 +106,23 @@ function keep(job: SyncTreeJob, w: Want, entry: Dirent, at: string): boolean {
   return here.ino === source.ino && here.dev === source.dev;
 }
 
-/** A directory's owner is the action's user; its mode 0755, whatever an action or the umask made of it. */
+/**
+ * A directory's owner is the action's user; its mode 0755, whatever an action or the umask made
+ * of it. A kept directory is only changed where it differs: a chown or chmod dirties the inode
+ * even when nothing changes, and on ext4 dirty inode blocks keep deleted inodes "recent" (skipped
+ * by every file creation) for minutes instead of seconds.
+ */
 function ownDirectory(job: SyncTreeJob, dir: string, existed: boolean): void {
-  if (job.uid !== undefined || job.gid !== undefined) chownSync(dir, job.uid ?? -1, job.gid ?? -1);
-  if (existed || job.umaskTakesBits) chmodSync(dir, DIRECTORY_MODE);
+  const owned = job.uid === undefined && job.gid === undefined;
+  if (existed) {
+    const st = lstatSync(dir);
+    const rightOwner = owned || ((job.uid === undefined || st.uid === job.uid) && (job.gid === undefined || st.gid === job.gid));
+    if (!rightOwner) chownSync(dir, job.uid ?? -1, job.gid ?? -1);
+    if ((st.mode & 0o7777) !== DIRECTORY_MODE) chmodSync(dir, DIRECTORY_MODE);
+    return;
+  }
+  if (!owned) chownSync(dir, job.uid ?? -1, job.gid ?? -1);
+  if (job.umaskTakesBits) chmodSync(dir, DIRECTORY_MODE);
 }
 
 /**

@@ -5,9 +5,9 @@ import type Docker from 'dockerode';
 import { randomBytes } from 'node:crypto';
 import type { SandboxLimits } from './container-settings';
 import { ensureImagePresent } from './image-name';
-import { createInputRootDir, removeInputRootDir } from './input-root-dir';
 import { SandboxContainer } from './sandbox-container';
 import { SandboxError } from './sandbox-error';
+import { createSlotDir, removeSlotDir, type SlotDir } from './slot-dir';
 
 export const POOL_LABEL = 'reapi.pool';
 
@@ -27,7 +27,7 @@ export interface ContainerPoolOptions {
   /** Host directory holding one control dir (runner socket) per container. */
   stateDir: string;
   runnerPath: string;
-  /** Also where containers with an input root path get their private host directory. */
+  /** Also where every container gets its private slot directory (slot-dir.ts). */
   execRoot: string;
   limits: SandboxLimits;
   maxContainersPerKey: number;
@@ -48,7 +48,7 @@ function keyOf(want: ContainerKey): string {
 }
 
 function keyOfContainer(c: SandboxContainer): string {
-  return keyOf({ image: c.image, inputRootPath: c.inputRoot?.containerPath, network: c.network });
+  return keyOf({ image: c.image, inputRootPath: c.inputRootPath, network: c.network });
 }
 
 export class ContainerPool {
@@ -94,13 +94,13 @@ export class ContainerPool {
   }
 
   /**
-   * The container's runner died before taking a request: a fresh container with the same input
-   * root mount (whose directory may already hold the staged inputs) takes its place and its count.
+   * The container's runner died before taking a request: a fresh container with the same slot
+   * directory (whose root may already hold the staged inputs) takes its place and its count.
    */
   async replace(broken: SandboxContainer): Promise<SandboxContainer> {
     if (!this.existing.delete(broken)) throw new SandboxError('sandbox closed while replacing a container', { image: broken.image, container: broken.id });
     this.track(broken.remove());
-    return this.startCounted({ image: broken.image, inputRootPath: broken.inputRoot?.containerPath, network: broken.network }, broken.inputRoot?.hostPath, false);
+    return this.startCounted({ image: broken.image, inputRootPath: broken.inputRootPath, network: broken.network }, broken.slotDir, false);
   }
 
   /** Removes all containers (busy ones too: their actions fail) and waits for the removals. */
@@ -146,9 +146,9 @@ export class ContainerPool {
     this.liveTotal += delta;
   }
 
-  /** Starts a container for the key, counted from now on; with an input root path it gets its
-   * own host directory, or keeps `hostRoot` when replacing a broken container. */
-  private async startCounted(want: ContainerKey, hostRoot?: string, countIt = true): Promise<SandboxContainer> {
+  /** Starts a container for the key, counted from now on, in a new slot directory or in
+   * `slotDir` when replacing a broken container. */
+  private async startCounted(want: ContainerKey, slotDir?: SlotDir, countIt = true): Promise<SandboxContainer> {
     const key = keyOf(want);
     if (countIt) this.count(key, +1);
     try {
@@ -156,7 +156,7 @@ export class ContainerPool {
         await ensureImagePresent(this.opts.docker, want.image);
         this.imagesPresent.add(want.image);
       }
-      if (want.inputRootPath && !hostRoot) hostRoot = await createInputRootDir(this.opts.execRoot);
+      slotDir ??= await createSlotDir(this.opts.execRoot, this.opts.limits.user);
       const container = await SandboxContainer.start(
         this.opts.docker,
         {
@@ -171,11 +171,12 @@ export class ContainerPool {
           },
           runnerPath: this.opts.runnerPath,
           execRoot: this.opts.execRoot,
-          inputRoot: want.inputRootPath && hostRoot ? { hostPath: hostRoot, containerPath: want.inputRootPath } : undefined,
           limits: this.opts.limits,
           network: want.network ?? false,
         },
         this.opts.stateDir,
+        slotDir,
+        want.inputRootPath,
       );
       if (this.closed) {
         await container.remove();
@@ -185,7 +186,7 @@ export class ContainerPool {
       return container;
     } catch (err) {
       this.count(key, -1);
-      if (hostRoot) await removeInputRootDir(hostRoot);
+      if (slotDir) await removeSlotDir(slotDir);
       this.serveWaiters(); // the count it held may be what a waiter needs
       throw err;
     }
@@ -194,8 +195,7 @@ export class ContainerPool {
   private discard(container: SandboxContainer): void {
     if (!this.existing.delete(container)) return;
     this.count(keyOfContainer(container), -1);
-    const hostRoot = container.inputRoot?.hostPath;
-    this.track(container.remove().then(() => (hostRoot ? removeInputRootDir(hostRoot) : undefined)));
+    this.track(container.remove().then(() => removeSlotDir(container.slotDir)));
   }
 
   private track(removal: Promise<void>): void {

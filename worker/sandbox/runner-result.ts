@@ -16,6 +16,7 @@ export function sandboxResultOf(reply: RunnerReply, image: string, argv0: string
     timedOut: reply.timedOut,
     ...(reply.outputLimitExceeded ? { outputLimitExceeded: true } : {}),
     wallMicros: reply.wallMicros,
+    ...(reply.straysSurvived ? { processesSurvived: true } : {}),
   };
 }
 

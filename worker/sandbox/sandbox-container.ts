@@ -6,6 +6,7 @@ import type Docker from 'dockerode';
 import { SOCKET_NAME, containerCreateOptions, type ContainerSpec, type InputRootMount } from './container-settings';
 import { imageMissingError } from './image-name';
 import { SandboxError } from './sandbox-error';
+import type { SlotDir } from './slot-dir';
 
 const READY_TIMEOUT_MS = 30_000;
 const READY_POLL_MS = 2;
@@ -18,28 +19,45 @@ export class SandboxContainer {
     readonly id: string,
     readonly image: string,
     readonly controlDir: string,
-    /** Present when the container serves actions with this InputRootAbsolutePath. */
-    readonly inputRoot: InputRootMount | undefined,
+    /** The container's working space on the host, kept across its actions. */
+    readonly slotDir: SlotDir,
+    /** Present when the container serves actions with this InputRootAbsolutePath (mounted there). */
+    readonly inputRootPath: string | undefined,
     readonly network: boolean,
   ) {}
+
+  /** Where actions' inputs go on the host, and where the action sees them. */
+  get inputRoot(): InputRootMount {
+    return { hostPath: this.slotDir.root, containerPath: this.inputRootPath ?? this.slotDir.root };
+  }
 
   get socketPath(): string {
     return path.join(this.controlDir, SOCKET_NAME);
   }
 
-  /** Creates and starts a container from the spec; resolves once its runner accepts connections. */
-  static async start(docker: Docker, spec: Omit<ContainerSpec, 'controlDir'>, stateDir: string): Promise<SandboxContainer> {
+  /**
+   * Creates and starts a container from the spec, working in `slotDir` (the input root is mounted
+   * at `inputRootPath` if given); resolves once its runner accepts connections.
+   */
+  static async start(
+    docker: Docker,
+    spec: Omit<ContainerSpec, 'controlDir' | 'inputRoot'>,
+    stateDir: string,
+    slotDir: SlotDir,
+    inputRootPath: string | undefined,
+  ): Promise<SandboxContainer> {
     const controlDir = path.join(stateDir, spec.name);
     await makeControlDir(controlDir, spec.limits.user);
     let container: Docker.Container;
     try {
-      container = await docker.createContainer(containerCreateOptions({ ...spec, controlDir }));
+      const inputRoot = inputRootPath ? { hostPath: slotDir.root, containerPath: inputRootPath } : undefined;
+      container = await docker.createContainer(containerCreateOptions({ ...spec, controlDir, inputRoot }));
     } catch (err) {
       await fs.promises.rm(controlDir, { recursive: true, force: true });
       if ((err as { statusCode?: number }).statusCode === 404) throw imageMissingError(spec.image);
       throw new SandboxError(`cannot create container: ${(err as Error).message}`, { image: spec.image }, { cause: err });
     }
-    const sc = new SandboxContainer(docker, container.id, spec.image, controlDir, spec.inputRoot, spec.network);
+    const sc = new SandboxContainer(docker, container.id, spec.image, controlDir, slotDir, inputRootPath, spec.network);
     try {
       await container.start();
       await sc.waitUntilListening(container);
@@ -88,7 +106,7 @@ export class SandboxContainer {
     }
   }
 
-  /** Force-removes the container (SIGKILL) and its control dir, not its input root dir. Never throws. */
+  /** Force-removes the container (SIGKILL) and its control dir, not its slot dir. Never throws. */
   async remove(): Promise<void> {
     await this.docker
       .getContainer(this.id)

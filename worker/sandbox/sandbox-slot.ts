@@ -6,13 +6,15 @@ import { decodeReply, encodeRequest } from './runner-protocol';
 import { isUnder, sandboxResultOf } from './runner-result';
 import type { SandboxContainer } from './sandbox-container';
 import { SandboxError } from './sandbox-error';
-import type { SandboxResult, SandboxSlot, SlotRunRequest } from './sandbox';
+import type { SandboxResult, SandboxSlot, SlotRunRequest, StdioCaptures } from './sandbox';
 
 /** Slack on top of the action timeout before a silent runner counts as broken (covers the sweep). */
 const REPLY_GRACE_MS = 60_000;
 
 export class ContainerSlot implements SandboxSlot {
-  readonly inputRoot: InputRootMount | undefined;
+  /** The container's own, kept across its actions (slot-dir.ts). */
+  readonly inputRoot: InputRootMount;
+  readonly stdio: StdioCaptures;
   /**
    * The container's /tmp: a tmpfs of its own, which the runner empties after every action. A
    * compiler's temporary files then never reach the disk (on ext4 each file created and deleted
@@ -33,6 +35,7 @@ export class ContainerSlot implements SandboxSlot {
   ) {
     this.container = container;
     this.inputRoot = container.inputRoot;
+    this.stdio = container.slotDir;
   }
 
   async run(req: SlotRunRequest): Promise<SandboxResult> {
@@ -79,7 +82,8 @@ export class ContainerSlot implements SandboxSlot {
 
   /**
    * Hands the container back (or has it removed). Never throws. Its input root keeps this
-   * action's tree: the next action's staging makes it exactly that action's tree before it runs.
+   * action's tree (less the outputs the CAS took over): the next action's staging makes it
+   * exactly that action's tree before it runs.
    */
   async release(): Promise<void> {
     if (this.released) return;
@@ -91,7 +95,8 @@ export class ContainerSlot implements SandboxSlot {
 
   /** The runner only checks that paths are absolute; here they must also be where the action may write. */
   private checkPaths(req: SlotRunRequest, image: string, argv0: string | undefined): void {
-    const cwdRoot = this.inputRoot?.containerPath ?? this.execRoot;
+    // With an InputRootAbsolutePath the action works in that mount; otherwise anywhere under the exec root.
+    const cwdRoot = this.container?.inputRootPath ?? this.execRoot;
     const checks = [['cwd', req.cwd, cwdRoot], ['stdoutPath', req.stdoutPath, this.execRoot], ['stderrPath', req.stderrPath, this.execRoot]] as const;
     for (const [what, p, root] of checks) {
       if (!isUnder(root, p)) throw new SandboxError(`${what} ${p} is not an absolute path under ${root === this.execRoot ? 'the exec root' : 'the input root'} ${root}`, { image, argv0 });

@@ -47,13 +47,17 @@ export interface SlotRequest {
 }
 
 /**
- * One container held by one action. With an input root path the slot owns a private host
- * directory mounted at that path: stage the inputs into inputRoot.hostPath, run with a cwd under
- * inputRoot.containerPath, collect outputs from hostPath, then release (the next action's
- * staging reconciles the directory with its own tree).
+ * One container (or runner process) held by one action: stage the inputs into
+ * inputRoot.hostPath, run with a cwd under inputRoot.containerPath, collect outputs from
+ * hostPath, then release.
  */
 export interface SandboxSlot {
-  /** Undefined without an input root path: the input root may be any directory under the exec root. */
+  /**
+   * A directory the slot keeps across its actions: the last action's tree stays there and the
+   * next staging reconciles it with its own. A container always has one (mounted at the
+   * InputRootAbsolutePath if the action has one); a process slot only for that property.
+   * Undefined: the input root may be any new directory under the exec root.
+   */
   readonly inputRoot: InputRootMount | undefined;
   /** Set when this slot's actions run as a user of their own (process sandbox: one uid per slot);
    * the action's directories must then belong to it. Undefined: the worker's configured user. */
@@ -63,9 +67,16 @@ export interface SandboxSlot {
    * tmpfs). Undefined: the pipeline makes one in the action's directory.
    */
   readonly scratchDir?: string;
+  /** Capture files the slot reuses, truncated by each run. Undefined: the pipeline makes them in the action's directory. */
+  readonly stdio?: StdioCaptures;
   run(req: SlotRunRequest): Promise<SandboxResult>;
   /** Call once, whatever happened; never throws. */
   release(): Promise<void>;
+}
+
+export interface StdioCaptures {
+  stdoutPath: string;
+  stderrPath: string;
 }
 
 export interface ActionUser {
@@ -83,6 +94,11 @@ export interface SandboxResult {
   outputLimitExceeded?: boolean;
   /** fork to reap, measured inside the container */
   wallMicros: number;
+  /**
+   * Set when processes of the action outlived it (the sweep could not kill them): its files may
+   * still change, so outputs must be copied, never taken over as they are.
+   */
+  processesSurvived?: boolean;
 }
 
 export interface Sandbox {
