@@ -24,6 +24,11 @@ export interface BlobStore {
    * on the same filesystem as the storage's scratch directory; it is moved or consumed.
    */
   adoptVerifiedFile(digest: Digest, path: string): Promise<void>;
+  /**
+   * Makes `target` (which must not exist) another name of the stored blob's own read-only file,
+   * where the store keeps one on the target's filesystem; false otherwise (nothing was made).
+   */
+  linkTo?(digest: Digest, target: string): Promise<boolean>;
 }
 
 export interface ActionCacheStore {

@@ -137,6 +137,19 @@ export class FileBlobStore implements BlobStore {
     this.present.set(d.hash, d.sizeBytes);
   }
 
+  async linkTo(d: Digest, target: string): Promise<boolean> {
+    if (isEmptyDigest(d) || !this.isPresent(d)) return false;
+    try {
+      await fs.link(this.pathOf(d), target);
+      return true;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') this.present.delete(d.hash); // gone since (or the target's directory is missing: asked again next time)
+      if (code === 'ENOENT' || code === 'EXDEV' || code === 'EMLINK' || code === 'EPERM') return false;
+      throw err;
+    }
+  }
+
   private forgetIfGone(d: Digest, err: unknown): undefined {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     this.present.delete(d.hash);

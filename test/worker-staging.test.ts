@@ -100,6 +100,12 @@ describe('FileCache', () => {
     assert.notEqual((await fs.stat(exe)).ino, (await fs.stat(paths[0])).ino);
     assert.equal(cache.stats().fetches, 1);
     assert.deepEqual({ files: cache.stats().files, pinned: cache.stats().pinnedFiles }, { files: 2, pinned: 2 });
+
+    // The server's own CAS on the same disk: the plain file is the CAS's read-only inode, not a
+    // second copy; the executable one cannot be (it would make the CAS file executable).
+    const stored = await fs.stat(path.join(storage.root, 'instances', INSTANCE, 'cas', digest.hash.slice(0, 2), digest.hash));
+    assert.equal((await fs.stat(paths[0])).ino, stored.ino);
+    assert.equal(stored.mode & 0o7777, 0o444);
   });
 
   test('a missing blob is FAILED_PRECONDITION naming it', async () => {
@@ -207,7 +213,7 @@ describe('materializeInputRoot', () => {
     // Hardlinked from the cache: same inode, no copy.
     const linked = await fs.stat(path.join(dest, 'sub/b.txt'));
     assert.equal(linked.ino, (await fs.stat(cache.pathOf(hello, false))).ino);
-    assert.equal(linked.nlink, 6); // the cache file, a.txt, and b.txt in sub, sub2 and both deeper/
+    assert.equal(linked.nlink, 7); // the CAS file (which the cache file is too), a.txt, and b.txt in sub, sub2 and both deeper/
     assert.equal((await fs.stat(path.join(dest, 'run.sh'))).ino, (await fs.stat(cache.pathOf(script, true))).ino);
 
     assert.equal(await fs.readlink(path.join(dest, 'link')), 'sub/b.txt');

@@ -17,4 +17,9 @@ export interface ContentAccess {
    * copy it, and the path may be gone afterwards. Only where storage is local.
    */
   adoptFile?(instanceName: string, digest: Digest, path: string): Promise<void>;
+  /**
+   * Makes `path` (which must not exist) a hard link to the stored blob's own read-only file,
+   * where storage is local and on that filesystem; false otherwise (then fetch it).
+   */
+  linkToFile?(instanceName: string, digest: Digest, path: string): Promise<boolean>;
 }

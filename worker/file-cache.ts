@@ -1,7 +1,9 @@
 // The worker's local content cache: one read-only file per (digest, executable) pair, which
 // input roots hardlink instead of copying. Files are owned by the worker (root) and mode 0444
 // or 0555, so an action running as another uid can read and execute them but never change
-// them, and the next action that links the same file sees pristine content.
+// them, and the next action that links the same file sees pristine content. A worker inside the
+// server links plain files from the server's own CAS files (the same read-only inode) instead
+// of copying them.
 //
 //   DIR/ab/<hash>-<size>     plain variant, 0444
 //   DIR/ab/<hash>-<size>.x   executable variant, 0555 (a separate inode: hardlinks share modes)
@@ -153,6 +155,7 @@ export class FileCache {
   private async fill(instanceName: string, digest: Digest, executable: boolean, name: string): Promise<void> {
     await this.removing.get(name);
     const tmp = tempPath(this.tmpDir, digest.hash);
+    let linked = false;
     try {
       const otherName = fileName(digest, !executable);
       const other = this.entries.get(otherName);
@@ -167,7 +170,10 @@ export class FileCache {
           this.unpin(digest, !executable);
         }
       } else {
-        if (!(await this.access.fetchToFile(instanceName, digest, tmp))) {
+        // The CAS's own file where possible: the cache then keeps no second copy of what the
+        // server holds, and nothing is written.
+        linked = !executable && (await this.linkFromStore(instanceName, digest, tmp));
+        if (!linked && !(await this.access.fetchToFile(instanceName, digest, tmp))) {
           throw failedPrecondition(`input file ${digestKey(digest)} is not in the CAS`, [digestKey(digest)]);
         }
         this.fetches++;
@@ -175,7 +181,7 @@ export class FileCache {
         // remote CAS path may not verify what it streams.
         await verifyFileContent(tmp, digest);
       }
-      await fs.chmod(tmp, executable ? 0o555 : 0o444);
+      if (!linked) await fs.chmod(tmp, executable ? 0o555 : 0o444);
       await renameIntoPlace(tmp, this.pathOf(digest, executable));
     } catch (err) {
       await fs.rm(tmp, { force: true });
@@ -184,6 +190,19 @@ export class FileCache {
     this.entries.set(name, { sizeBytes: digest.sizeBytes, pins: 1 });
     this.totalBytes += digest.sizeBytes;
     this.evict();
+  }
+
+  /**
+   * A hard link to the local CAS's file, when the worker runs inside the server and the CAS is on
+   * this filesystem. Only for the plain variant (a mode is the inode's, and the CAS's is 0444),
+   * and only if the file is the read-only, single-purpose file it should be.
+   */
+  private async linkFromStore(instanceName: string, digest: Digest, tmp: string): Promise<boolean> {
+    if (!this.access.linkToFile || !(await this.access.linkToFile(instanceName, digest, tmp))) return false;
+    const st = await fs.lstat(tmp);
+    if (st.isFile() && (st.mode & 0o7777) === 0o444 && st.size === digest.sizeBytes && st.uid === process.getuid?.()) return true;
+    await fs.rm(tmp, { force: true });
+    return false;
   }
 
   private touch(name: string, entry: Entry): void {

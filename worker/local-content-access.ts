@@ -61,6 +61,10 @@ export class LocalContentAccess implements ContentAccess {
     }
   }
 
+  async linkToFile(instanceName: string, digest: Digest, path: string): Promise<boolean> {
+    return (await this.storage.cas(instanceName).linkTo?.(digest, path)) ?? false;
+  }
+
   uploadBlob(instanceName: string, digest: Digest, data: Buffer): Promise<void> {
     return this.storage.cas(instanceName).put(digest, data);
   }
