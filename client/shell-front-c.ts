@@ -294,13 +294,20 @@ int main(int argc, char **argv) {
 }
 
 /**
+ * How the front is built, best first. Static where the C library allows it: make starts the front
+ * for every recipe shell (~1,700 times in a kernel build, ~900 in a no-op one), and a static
+ * binary skips the dynamic loader, about 0.2 ms per start here.
+ */
+const BUILD_FLAGS = [['-O2', '-static'], ['-O2']];
+
+/**
  * The compiled front for this version of the source, built once into stateDir (another build's
  * concurrent compile is harmless: each renames a complete file into place). Undefined when no C
  * compiler works here.
  */
 export async function compiledFront(stateDir: string, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
   const source = frontProgramSource();
-  const id = createHash('sha256').update(source).digest('hex').slice(0, 16);
+  const id = createHash('sha256').update(JSON.stringify([source, BUILD_FLAGS])).digest('hex').slice(0, 16);
   const dir = path.join(stateDir, 'front', id);
   const binary = path.join(dir, 'sh');
   try {
@@ -314,14 +321,17 @@ export async function compiledFront(stateDir: string, env: NodeJS.ProcessEnv = p
     const tmp = path.join(dir, `.sh.${process.pid}`);
     await fs.writeFile(`${tmp}.c`, source);
     let built = false;
-    for (const cc of ['cc', 'gcc', 'clang']) {
-      try {
-        execFileSync(cc, ['-O2', '-o', tmp, `${tmp}.c`], { stdio: 'ignore', env, timeout: 60_000 });
-        built = true;
-        break;
-      } catch {
-        // Try the next compiler.
+    for (const flags of BUILD_FLAGS) {
+      for (const cc of ['cc', 'gcc', 'clang']) {
+        try {
+          execFileSync(cc, [...flags, '-o', tmp, `${tmp}.c`], { stdio: 'ignore', env, timeout: 60_000 });
+          built = true;
+          break;
+        } catch {
+          // Try the next compiler, then the next flags.
+        }
       }
+      if (built) break;
     }
     await fs.rm(`${tmp}.c`, { force: true });
     if (!built) return undefined;
