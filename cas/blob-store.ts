@@ -22,11 +22,14 @@ export interface BlobStore {
    * Takes ownership of a local file whose content the caller has already verified against the
    * digest while streaming it in (so large uploads are hashed exactly once). The file must be
    * on the same filesystem as the storage's scratch directory; it is moved or consumed.
+   * `fromAction`: the file is a finished action's own output (see linkTo).
    */
-  adoptVerifiedFile(digest: Digest, path: string): Promise<void>;
+  adoptVerifiedFile(digest: Digest, path: string, fromAction?: boolean): Promise<void>;
   /**
    * Makes `target` (which must not exist) another name of the stored blob's own read-only file,
    * where the store keeps one on the target's filesystem; false otherwise (nothing was made).
+   * Never for a file taken over from an action: it may carry extended attributes the action set,
+   * which must not reach other actions through a shared inode.
    */
   linkTo?(digest: Digest, target: string): Promise<boolean>;
 }

@@ -2,7 +2,8 @@
 //
 //   DATA/tmp/                              temporary files, emptied at start
 //   DATA/uploads/                          partial ByteStream uploads, kept across restarts
-//   DATA/instances/<name>/cas/ab/<hash>    blobs, sharded by the first two hex digits
+//   DATA/instances/<name>/cas/ab/<hash>    blobs, sharded by the first two hex digits; 0444, or
+//                                          0440 when taken over from an action (see linkTo)
 //   DATA/instances/<name>/ac/ab/<hash>-<size>  encoded ActionResults
 //
 // Blob files are immutable once renamed into place, so an in-memory index of what is known to
@@ -64,6 +65,11 @@ export class FileStorage implements Storage {
   }
 }
 
+/** Blobs the store wrote itself. */
+const OWN_MODE = 0o444;
+/** Blobs taken over from finished actions: read-only too, and told apart so linkTo() never lends them out. */
+const FROM_ACTION_MODE = 0o440;
+
 export class FileBlobStore implements BlobStore {
   /** hash -> size of blobs known to be on disk. */
   private readonly present = new Map<string, number>();
@@ -121,7 +127,7 @@ export class FileBlobStore implements BlobStore {
     this.present.set(d.hash, d.sizeBytes);
   }
 
-  async adoptVerifiedFile(d: Digest, file: string): Promise<void> {
+  async adoptVerifiedFile(d: Digest, file: string, fromAction = false): Promise<void> {
     if (this.isPresent(d) || d.hash === SHA256_EMPTY) {
       await fs.rm(file, { force: true });
       return;
@@ -129,7 +135,7 @@ export class FileBlobStore implements BlobStore {
     const handle = await fs.open(file, 'r');
     try {
       await handle.datasync(); // durable before it becomes visible under its digest
-      await handle.chmod(0o444);
+      await handle.chmod(fromAction ? FROM_ACTION_MODE : OWN_MODE);
     } finally {
       await handle.close();
     }
@@ -140,6 +146,7 @@ export class FileBlobStore implements BlobStore {
   async linkTo(d: Digest, target: string): Promise<boolean> {
     if (isEmptyDigest(d) || !this.isPresent(d)) return false;
     try {
+      if (((await fs.lstat(this.pathOf(d))).mode & 0o7777) !== OWN_MODE) return false; // an action's file, or not ours
       await fs.link(this.pathOf(d), target);
       return true;
     } catch (err) {

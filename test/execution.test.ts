@@ -92,12 +92,13 @@ test('outputs are moved into the CAS read-only and the server\'s own; a hardlink
   assert.deepEqual([...files.keys()].sort(), ['out/a.txt', 'out/b.txt', 'out/c.txt']);
   assert.equal(await blobText(files.get('out/a.txt')), 'moved\n');
   assert.equal(await blobText(files.get('out/c.txt')), 'linked\n');
-  for (const name of ['out/a.txt', 'out/b.txt']) {
+  // Taken over (0440: an action's own file, never lent out as a cache inode) / copied (0444).
+  for (const [name, mode] of [['out/a.txt', 0o440], ['out/b.txt', 0o444]] as const) {
     // The default instance's blobs: DATA/instances/<name>/cas/ab/<hash>
     const hash = files.get(name)!.hash!;
     const [stored] = execFileSync('find', [server.dataDir, '-path', `*/cas/${hash.slice(0, 2)}/${hash}`], { encoding: 'utf8' }).split('\n');
     const st = fs.statSync(stored!);
-    assert.equal(st.mode & 0o777, 0o444, `${name}: read-only in the CAS`);
+    assert.equal(st.mode & 0o777, mode, `${name}: read-only in the CAS`);
     assert.deepEqual([st.uid, st.gid], [process.getuid!(), process.getgid!()], `${name}: no longer the action user's`);
     assert.equal(st.nlink, 1, `${name}: shares its inode with nothing the action could still reach`);
   }

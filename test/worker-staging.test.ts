@@ -108,6 +108,18 @@ describe('FileCache', () => {
     assert.equal(stored.mode & 0o7777, 0o444);
   });
 
+  test('never links a blob the CAS took over from an action (it may carry the action\'s extended attributes)', async () => {
+    const output = path.join(await freshDir('action'), 'out.o');
+    await fs.writeFile(output, 'an action wrote this');
+    const digest = digestOf(Buffer.from('an action wrote this'));
+    await access.adoptFile(INSTANCE, digest, output);
+    const stored = await fs.stat(path.join(storage.root, 'instances', INSTANCE, 'cas', digest.hash.slice(0, 2), digest.hash));
+    const cache = new FileCache(await freshDir('cache'), access);
+    const cached = await fs.stat(await cache.ensure(INSTANCE, digest, false));
+    assert.notEqual(cached.ino, stored.ino, 'a copy, not the action\'s inode');
+    assert.equal(await fs.readFile(cache.pathOf(digest, false), 'utf8'), 'an action wrote this');
+  });
+
   test('a missing blob is FAILED_PRECONDITION naming it', async () => {
     const cache = new FileCache(await freshDir('cache'), access);
     const absent = digestOf(Buffer.from('never uploaded'));

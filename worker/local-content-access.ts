@@ -77,7 +77,7 @@ export class LocalContentAccess implements ContentAccess {
   async adoptFile(instanceName: string, digest: Digest, path: string): Promise<void> {
     const st = await fs.lstat(path);
     if (st.dev === this.storageDevice && st.isFile() && st.nlink === 1 && (await makeOwn(path, st.uid, st.gid))) {
-      return this.storage.cas(instanceName).adoptVerifiedFile(digest, path);
+      return this.storage.cas(instanceName).adoptVerifiedFile(digest, path, true);
     }
     await this.uploadFile(instanceName, digest, path);
   }
