@@ -20,7 +20,8 @@ interface Entry {
   hash: string;
 }
 
-const RACY_WINDOW_MS = 2000;
+/** A file changed this recently could change again within the same timestamp tick. */
+export const RACY_WINDOW_MS = 2000;
 
 export class DigestCache {
   private entries = new Map<string, Entry>();

@@ -15,7 +15,7 @@ import { spawn } from 'node:child_process';
 import { Dirent, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { CompileCommand } from './compile-args';
-import { DigestCache, FileDigest } from './digest-cache';
+import { DigestCache, FileDigest, RACY_WINDOW_MS } from './digest-cache';
 
 export type ScanResult =
   | {
@@ -301,8 +301,6 @@ function mayBeFile(e: Dirent): boolean {
   return e.isFile() || e.isSymbolicLink() || (!e.isDirectory() && !e.isFIFO() && !e.isSocket() && !e.isBlockDevice() && !e.isCharacterDevice());
 }
 
-/** A file or directory changed this recently could change again within the same timestamp tick. */
-const RACY_WINDOW_MS = 2000;
 let racyStamps = 0;
 
 /** What tells a changed file or directory from an unchanged one; a racy one never matches again. */

@@ -296,7 +296,7 @@ int main(int argc, char **argv) {
 /**
  * How the front is built, best first. Static where the C library allows it: make starts the front
  * for every recipe shell (~1,700 times in a kernel build, ~900 in a no-op one), and a static
- * binary skips the dynamic loader, about 0.2 ms per start here.
+ * binary skips the dynamic loader, about 0.13 ms per start here.
  */
 const BUILD_FLAGS = [['-O2', '-static'], ['-O2']];
 
@@ -320,19 +320,15 @@ export async function compiledFront(stateDir: string, env: NodeJS.ProcessEnv = p
     await fs.mkdir(dir, { recursive: true });
     const tmp = path.join(dir, `.sh.${process.pid}`);
     await fs.writeFile(`${tmp}.c`, source);
-    let built = false;
-    for (const flags of BUILD_FLAGS) {
-      for (const cc of ['cc', 'gcc', 'clang']) {
-        try {
-          execFileSync(cc, [...flags, '-o', tmp, `${tmp}.c`], { stdio: 'ignore', env, timeout: 60_000 });
-          built = true;
-          break;
-        } catch {
-          // Try the next compiler, then the next flags.
-        }
+    const compiles = (cc: string, flags: string[]) => {
+      try {
+        execFileSync(cc, [...flags, '-o', tmp, `${tmp}.c`], { stdio: 'ignore', env, timeout: 60_000 });
+        return true;
+      } catch {
+        return false; // the next compiler, then the next flags
       }
-      if (built) break;
-    }
+    };
+    const built = BUILD_FLAGS.some((flags) => ['cc', 'gcc', 'clang'].some((cc) => compiles(cc, flags)));
     await fs.rm(`${tmp}.c`, { force: true });
     if (!built) return undefined;
     await fs.rename(tmp, binary);

@@ -112,7 +112,7 @@ describe('FileCache', () => {
     const output = path.join(await freshDir('action'), 'out.o');
     await fs.writeFile(output, 'an action wrote this');
     const digest = digestOf(Buffer.from('an action wrote this'));
-    await access.adoptFile(INSTANCE, digest, output);
+    await access.adoptFile(INSTANCE, digest, output, await fs.lstat(output));
     const stored = await fs.stat(path.join(storage.root, 'instances', INSTANCE, 'cas', digest.hash.slice(0, 2), digest.hash));
     const cache = new FileCache(await freshDir('cache'), access);
     const cached = await fs.stat(await cache.ensure(INSTANCE, digest, false));

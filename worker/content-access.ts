@@ -1,5 +1,6 @@
 // How a worker reaches the CAS: directly (embedded, same process as the storage) or over gRPC
 // (a standalone worker). Everything in worker/ talks to this interface only.
+import type { Stats } from 'node:fs';
 import type { Digest } from '../cas/digest';
 
 export interface ContentAccess {
@@ -13,10 +14,10 @@ export interface ContentAccess {
   uploadBlob(instanceName: string, digest: Digest, data: Buffer): Promise<void>;
   /**
    * Stores a file nothing will write or read under its path again (an output of a finished
-   * action), whose digest the caller computed: the store may take the file itself rather than
-   * copy it, and the path may be gone afterwards. Only where storage is local.
+   * action), whose digest and stat the caller took: the store may take the file itself rather
+   * than copy it, and the path may be gone afterwards. Only where storage is local.
    */
-  adoptFile?(instanceName: string, digest: Digest, path: string): Promise<void>;
+  adoptFile?(instanceName: string, digest: Digest, path: string, stat: Stats): Promise<void>;
   /**
    * Makes `path` (which must not exist) a hard link to the stored blob's own read-only file,
    * where storage is local and on that filesystem; false otherwise (then fetch it).

@@ -172,7 +172,7 @@ export class FileCache {
       } else {
         // The CAS's own file where possible: the cache then keeps no second copy of what the
         // server holds, and nothing is written.
-        linked = !executable && (await this.linkFromStore(instanceName, digest, tmp));
+        linked = !executable && ((await this.access.linkToFile?.(instanceName, digest, tmp)) ?? false);
         if (!linked && !(await this.access.fetchToFile(instanceName, digest, tmp))) {
           throw failedPrecondition(`input file ${digestKey(digest)} is not in the CAS`, [digestKey(digest)]);
         }
@@ -190,19 +190,6 @@ export class FileCache {
     this.entries.set(name, { sizeBytes: digest.sizeBytes, pins: 1 });
     this.totalBytes += digest.sizeBytes;
     this.evict();
-  }
-
-  /**
-   * A hard link to the local CAS's file, when the worker runs inside the server and the CAS is on
-   * this filesystem. Only for the plain variant (a mode is the inode's, and the CAS's is 0444),
-   * and only if the file is the read-only, single-purpose file it should be.
-   */
-  private async linkFromStore(instanceName: string, digest: Digest, tmp: string): Promise<boolean> {
-    if (!this.access.linkToFile || !(await this.access.linkToFile(instanceName, digest, tmp))) return false;
-    const st = await fs.lstat(tmp);
-    if (st.isFile() && (st.mode & 0o7777) === 0o444 && st.size === digest.sizeBytes && st.uid === process.getuid?.()) return true;
-    await fs.rm(tmp, { force: true });
-    return false;
   }
 
   private touch(name: string, entry: Entry): void {

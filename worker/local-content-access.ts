@@ -1,6 +1,6 @@
 // ContentAccess straight onto the server's own Storage, for the embedded worker.
 import { createHash } from 'node:crypto';
-import { createReadStream, promises as fs, statSync } from 'node:fs';
+import { Stats, createReadStream, promises as fs, statSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { Storage } from '../cas/blob-store';
 import { Digest, digestKey } from '../cas/digest';
@@ -74,8 +74,7 @@ export class LocalContentAccess implements ContentAccess {
    * server's own (read-only there); copies it otherwise. Moving saves the copy, and on ext4 the
    * creation and deletion of an inode per output, which slow down every later file creation.
    */
-  async adoptFile(instanceName: string, digest: Digest, path: string): Promise<void> {
-    const st = await fs.lstat(path);
+  async adoptFile(instanceName: string, digest: Digest, path: string, st: Stats): Promise<void> {
     if (st.dev === this.storageDevice && st.isFile() && st.nlink === 1 && (await makeOwn(path, st.uid, st.gid))) {
       return this.storage.cas(instanceName).adoptVerifiedFile(digest, path, true);
     }

@@ -237,9 +237,9 @@ class Uploader {
   /** Hashes a regular file (refusing to open it through a symlink) and uploads it, or has the CAS take it. */
   file(file: string): Promise<Digest> {
     return this.limit(async () => {
-      const { digest, data } = await readRegularFile(file);
+      const { digest, data, stat } = await readRegularFile(file);
       await this.once(digest, () => {
-        if (this.takeOver && this.access.adoptFile) return this.access.adoptFile(this.instanceName, digest, file);
+        if (this.takeOver && this.access.adoptFile) return this.access.adoptFile(this.instanceName, digest, file, stat);
         return data ? this.access.uploadBlob(this.instanceName, digest, data) : this.access.uploadFile(this.instanceName, digest, file);
       });
       return digest;
@@ -268,7 +268,7 @@ class Uploader {
  * cache, see paced-fs.ts); a larger one is hashed as a stream and uploaded from disk.
  * O_NONBLOCK: a FIFO swapped in after the lstat must fail the type check, not hang the open.
  */
-async function readRegularFile(file: string): Promise<{ digest: Digest; data?: Buffer }> {
+async function readRegularFile(file: string): Promise<{ digest: Digest; data?: Buffer; stat: Stats }> {
   const fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
   try {
     const stat = fstatSync(fd);
@@ -277,7 +277,7 @@ async function readRegularFile(file: string): Promise<{ digest: Digest; data?: B
       // One read: the action is over, nothing changes the file now; should it have, what was read is what gets stored.
       const buffer = Buffer.allocUnsafe(stat.size);
       const data = buffer.subarray(0, stat.size === 0 ? 0 : readSync(fd, buffer, 0, stat.size, 0));
-      return { digest: digestOf(data), data };
+      return { digest: digestOf(data), data, stat };
     }
     const hash = createHash('sha256');
     let sizeBytes = 0;
@@ -285,7 +285,7 @@ async function readRegularFile(file: string): Promise<{ digest: Digest; data?: B
       hash.update(chunk as Buffer);
       sizeBytes += (chunk as Buffer).length;
     }
-    return { digest: { hash: hash.digest('hex'), sizeBytes } };
+    return { digest: { hash: hash.digest('hex'), sizeBytes }, stat };
   } finally {
     closeSync(fd);
     await paced();

@@ -6,6 +6,7 @@ import type Docker from 'dockerode';
 import { SOCKET_NAME, containerCreateOptions, type ContainerSpec, type InputRootMount } from './container-settings';
 import { imageMissingError } from './image-name';
 import { SandboxError } from './sandbox-error';
+import { handToSandboxUser } from './sandbox-user';
 import type { SlotDir } from './slot-dir';
 
 const READY_TIMEOUT_MS = 30_000;
@@ -120,16 +121,7 @@ export class SandboxContainer {
 async function makeControlDir(dir: string, user: string): Promise<void> {
   await fs.promises.rm(dir, { recursive: true, force: true });
   await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
-  const [uid, gid] = user.split(':').map((s) => Number(s));
-  if (Number.isInteger(uid) && Number.isInteger(gid ?? uid)) {
-    try {
-      await fs.promises.chown(dir, uid!, gid ?? uid!);
-      return;
-    } catch {
-      // not root: fall through
-    }
-  }
-  await fs.promises.chmod(dir, 0o777); // the parent state dir (0700) still keeps other host users out
+  await handToSandboxUser(dir, user, 0o777); // the parent state dir (0700) keeps other host users out
 }
 
 /**

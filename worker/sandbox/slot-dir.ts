@@ -11,6 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { handToSandboxUser } from './sandbox-user';
 
 export interface SlotDir {
   dir: string;
@@ -32,14 +33,9 @@ export async function createSlotDir(execRoot: string, user: string): Promise<Slo
   await fs.mkdir(dir, { mode: 0o711 });
   await fs.chmod(dir, 0o711); // whatever the umask
   await fs.mkdir(slot.root, { mode: 0o755 });
-  const [uid, gid] = user.split(':').map(Number);
   for (const capture of [slot.stdoutPath, slot.stderrPath]) {
     await fs.writeFile(capture, '', { mode: 0o600, flag: 'wx' });
-    try {
-      await fs.chown(capture, uid!, gid ?? uid!);
-    } catch {
-      await fs.chmod(capture, 0o666); // not root: the 0711 parent still keeps other host users from finding it
-    }
+    await handToSandboxUser(capture, user, 0o666); // the 0711 parent keeps other host users from finding it
   }
   return slot;
 }
