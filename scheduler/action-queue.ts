@@ -17,6 +17,12 @@ export interface QueuedAction {
 /** A worker's hold on one job. Exactly one of complete/release ends it. */
 export interface Lease {
   readonly job: QueuedAction;
+  /**
+   * Set when the queue gave up on the job: it came back from dead workers more often than the
+   * queue allows. The taker records this as the operation's failure instead of running the
+   * action once more (one that kills every worker it lands on must not take the farm down).
+   */
+  readonly abandoned?: string;
   /** The job is finished (its outcome is recorded elsewhere); it leaves the queue for good. */
   complete(): Promise<void>;
   /** Hand the job back, untouched, for another worker (draining, infrastructure failure). */

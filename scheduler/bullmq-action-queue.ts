@@ -252,11 +252,16 @@ export class BullMqActionQueue implements ActionQueue {
       this.held.delete(id);
       if (this.held.size === 0) this.stopRenewing();
     };
+    // BullMQ marks a job recovered more than maxStalledCount times and leaves the failing to
+    // whoever takes it next (its own processing loop would; getNextJob does not).
+    const abandoned = job.deferredFailure && `${job.deferredFailure}: its worker stopped ${job.stalledCounter} times while running it`;
     return {
       job: job.data,
+      abandoned,
       complete: async () => {
         end();
-        await job.moveToCompleted(null, token, false);
+        if (abandoned) await job.moveToFailed(new Error(abandoned), token, false);
+        else await job.moveToCompleted(null, token, false);
       },
       release: async () => {
         end();

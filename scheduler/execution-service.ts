@@ -57,19 +57,20 @@ export class ExecutionService {
       dedupKey: cacheable && !req.skipCacheLookup ? `${instanceName}\0${digestKey(actionDigest)}` : undefined,
     };
     const owner = await this.operations.createOrJoin(record);
-    if (owner.name === record.name) {
+    // A joiner queues a still-QUEUED owner once more: a server that died between recording the
+    // operation and queueing it left it with no job, and its clients' retries all join it. A job
+    // is named after its operation, so one still waiting or running is not queued twice.
+    if (owner.name === record.name || owner.stage === 'QUEUED') {
       await this.queue.enqueue({
-        operationName: record.name,
+        operationName: owner.name,
         instanceName,
         actionDigest,
         priority: clampPriority(req.executionPolicy?.priority),
         platform: loaded.platform,
-        queuedAt: record.queuedAt,
+        queuedAt: owner.queuedAt,
       });
-      log.debug('action queued', { operation: record.name, action: digestKey(actionDigest) });
-    } else {
-      log.debug('joined identical in-flight action', { operation: owner.name, action: digestKey(actionDigest) });
     }
+    log.debug(owner.name === record.name ? 'action queued' : 'joined identical in-flight action', { operation: owner.name, action: digestKey(actionDigest) });
     yield* this.operations.watch(owner.name, signal);
   }
 

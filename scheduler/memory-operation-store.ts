@@ -34,6 +34,12 @@ export class MemoryOperationStore implements OperationStore {
     return { ...next };
   }
 
+  async startExecuting(name: string, worker: string): Promise<OperationRecord | undefined> {
+    const current = this.records.get(name);
+    if (!current || current.done) return current && { ...current };
+    return this.update(name, { stage: 'EXECUTING', worker });
+  }
+
   async *watch(name: string, signal: AbortSignal): AsyncIterable<OperationRecord> {
     // Subscribe before reading, so no change can slip between the read and the subscription.
     const changes = on(this.changes, name, { signal });

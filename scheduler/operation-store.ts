@@ -32,6 +32,12 @@ export interface OperationStore {
   get(name: string): Promise<OperationRecord | undefined>;
   /** Applies a change and notifies watchers; undefined if the operation is gone. */
   update(name: string, patch: Partial<Omit<OperationRecord, 'name'>>): Promise<OperationRecord | undefined>;
+  /**
+   * A worker took the operation's job: EXECUTING on `worker`, unless the operation has already
+   * finished (a job can be queued again after its operation completed; at-least-once delivery
+   * hands out a finished one). Returns the record as it now is; undefined if it is gone.
+   */
+  startExecuting(name: string, worker: string): Promise<OperationRecord | undefined>;
   /** The current state, then every change, ending after the record is done (or deleted). */
   watch(name: string, signal: AbortSignal): AsyncIterable<OperationRecord>;
   /**

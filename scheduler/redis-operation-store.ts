@@ -82,15 +82,17 @@ return { 1 }
 /**
  * update: applies the patch, keeps expiry and dedup ownership in step with "done", publishes.
  * KEYS: op hash, expiry zset
- * ARGV: name, channel, now ms, keep-done ms, dedup key prefix, number of set pairs n,
- *       n field/value pairs, then fields to delete.
- * Returns the new fields, or nil when the operation does not exist.
+ * ARGV: name, channel, now ms, keep-done ms, dedup key prefix, '1' to leave a finished operation
+ *       alone, number of set pairs n, n field/value pairs, then fields to delete.
+ * Returns the new fields (the untouched ones of a finished operation left alone), or nil when
+ * the operation does not exist.
  */
 const UPDATE_LUA = `${ENCODE_LUA}
-local name, channel, now, keep, dedupPrefix, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local name, channel, now, keep, dedupPrefix, unlessDone, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n)) end
-if #ARGV > 6 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 7 + 2 * n)) end
+if unlessDone and redis.call('HGET', KEYS[1], 'done') == '1' then return redis.call('HGETALL', KEYS[1]) end
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 8, 7 + 2 * n)) end
+if #ARGV > 7 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 8 + 2 * n)) end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 local ttl = redis.call('PTTL', KEYS[1])
 if redis.call('HGET', KEYS[1], 'done') == '1' then
@@ -164,22 +166,14 @@ export class RedisOperationStore implements OperationStore {
     return (await this.read(name))?.record;
   }
 
-  async update(name: string, patch: Patch): Promise<OperationRecord | undefined> {
-    const { set, del } = toFields(patch);
-    const reply = await this.client.reapiOpUpdateBuffer(
-      this.opKey(name),
-      this.expiryKey,
-      name,
-      this.channel(name),
-      Date.now(),
-      this.keepDoneMs,
-      this.dedupPrefix,
-      set.length / 2,
-      ...set,
-      ...del,
-    );
-    return reply ? decode(name, pairs(reply)).record : undefined;
+  update(name: string, patch: Patch): Promise<OperationRecord | undefined> {
+    return this.runUpdate(name, patch, false);
   }
+
+  startExecuting(name: string, worker: string): Promise<OperationRecord | undefined> {
+    return this.runUpdate(name, { stage: 'EXECUTING', worker }, true);
+  }
+
 
   async *watch(name: string, signal: AbortSignal): AsyncIterable<OperationRecord> {
     if (signal.aborted || this.closed) return;
@@ -277,6 +271,24 @@ export class RedisOperationStore implements OperationStore {
     if (created === 1 || !owner) return { ...record };
     const fields = pairs(owner);
     return decode(fields.get('name')?.toString() ?? '', fields).record;
+  }
+
+  private async runUpdate(name: string, patch: Patch, unlessDone: boolean): Promise<OperationRecord | undefined> {
+    const { set, del } = toFields(patch);
+    const reply = await this.client.reapiOpUpdateBuffer(
+      this.opKey(name),
+      this.expiryKey,
+      name,
+      this.channel(name),
+      Date.now(),
+      this.keepDoneMs,
+      this.dedupPrefix,
+      unlessDone ? '1' : '0',
+      set.length / 2,
+      ...set,
+      ...del,
+    );
+    return reply ? decode(name, pairs(reply)).record : undefined;
   }
 
   private async read(name: string): Promise<Versioned | undefined> {

@@ -146,11 +146,15 @@ function bazelFlags(server: string): string[] {
   ];
 }
 
-function farmDetail(r: BazelResult): string {
-  const tails = [serverA, serverB, serverC, ...workers, ...deadWorkers]
+function farmTails(): string {
+  return [serverA, serverB, serverC, ...workers, ...deadWorkers]
     .filter((p): p is ServerProcess | WorkerProcess => p !== undefined)
-    .map((p) => `--- ${'name' in p ? p.name : p.address} stderr tail ---\n${p.stderr().slice(-2500)}`);
-  return `exit ${r.code}\n--- bazel stderr tail ---\n${r.stderr.slice(-6000)}\n${tails.join('\n')}`;
+    .map((p) => `--- ${'name' in p ? p.name : p.address} stderr tail ---\n${p.stderr().slice(-2500)}`)
+    .join('\n');
+}
+
+function farmDetail(r: BazelResult): string {
+  return `exit ${r.code}\n--- bazel stderr tail ---\n${r.stderr.slice(-6000)}\n${farmTails()}`;
 }
 
 function summaryLine(r: BazelResult): string {
@@ -277,9 +281,11 @@ let chaos: { killedWorker: string; operation: string } | undefined;
 
 test('a Bazel build survives a worker and its server being SIGKILLed mid-build', { skip, timeout: 15 * 60_000 }, async () => {
   let bazelDone = false;
-  const build = runBazel({ workspace: workspace!, outputBase: outputBase!, args: ['build', ...bazelFlags(serverA!.address), ...TARGETS], timeoutMs: 10 * 60_000 }).finally(
-    () => (bazelDone = true),
-  );
+  const build = runBazel({ workspace: workspace!, outputBase: outputBase!, args: ['build', ...bazelFlags(serverA!.address), ...TARGETS], timeoutMs: 10 * 60_000 })
+    .catch((err: Error) => {
+      throw new Error(`${err.message}\n${farmTails()}`); // a hung build: what was the farm doing?
+    })
+    .finally(() => (bazelDone = true));
 
   // 1. SIGKILL a worker while it executes an action.
   const victim = await waitForExecuting(new Set(workers.map((w) => w.name)), () => bazelDone);

@@ -2,12 +2,14 @@
 // standalone `reapi worker` processes that reach the CAS only over gRPC.
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { Metadata } from '@grpc/grpc-js';
 import { longrunning, rex } from '../apis';
 import { ExecutionClient, ExecutionService, createClient, unary } from '../apis/services';
-import { Digest, digestOf } from '../cas/digest';
+import { Digest, digestKey, digestOf } from '../cas/digest';
+import { RedisOperationStore } from '../scheduler/redis-operation-store';
 import { FIND_MISSING_CHUNK, RemoteContentAccess } from '../worker/remote-content-access';
 import { ServerClients, connectToServer } from '../worker/server-connection';
 import { clientsFor, readAll } from './helpers/clients';
@@ -181,6 +183,33 @@ test('identical actions sent at once through the two servers run once', async ()
   const [a, b] = await Promise.all([execute(exec1, { actionDigest: action.actionDigest }), execute(exec2, { actionDigest: action.actionDigest })]);
   assert.equal(a[a.length - 1].name, b[b.length - 1].name, 'both callers share one operation');
   assert.equal(lastResponse(a).result!.stdoutDigest?.hash, lastResponse(b).result!.stdoutDigest?.hash, 'one run, one result');
+});
+
+test('an operation whose server died before queueing it runs when a client sends the action again', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'echo rescued'], salt: `orphan-${Date.now()}` });
+  // What a server SIGKILLed between recording the operation and queueing its job leaves in Redis.
+  const store = new RedisOperationStore({ url: redis.url });
+  const orphan = {
+    name: `operations/${randomUUID()}`,
+    instanceName: '',
+    actionDigest: action.actionDigest,
+    stage: 'QUEUED' as const,
+    done: false,
+    queuedAt: Date.now(),
+    dedupKey: `\0${digestKey(action.actionDigest)}`,
+  };
+  try {
+    assert.equal((await store.createOrJoin(orphan)).name, orphan.name);
+  } finally {
+    await store.close();
+  }
+  // The client retries (Bazel does, on the broken stream) and joins the orphan. A deadline, so
+  // that a join that waits forever fails the test instead of hanging it.
+  const ops = await collect(exec2.Execute({ actionDigest: action.actionDigest }, new Metadata(), { deadline: Date.now() + 120_000 }));
+  assert.equal(ops[ops.length - 1].name, orphan.name, 'the retry joined the orphaned operation');
+  const response = lastResponse(ops);
+  assert.equal(response.status?.code ?? 0, 0, response.status?.message ?? '');
+  assert.equal(await text(clients2, response.result!.stdoutDigest), 'rescued\n');
 });
 
 test('a SIGTERM-ed worker finishes its running action, then exits 0', async () => {

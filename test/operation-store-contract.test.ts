@@ -73,6 +73,28 @@ function storeContract(label: string, open: () => Promise<StoreSystem>): void {
         assert.equal(await store.update('operations/unknown', { stage: 'EXECUTING' }), undefined);
       }));
 
+    test('startExecuting moves an unfinished operation to EXECUTING and leaves a finished one alone', () =>
+      withSystem(async ({ store, peer }) => {
+        const other = await peer();
+        const record = op();
+        await store.create(record);
+        const watch = store.watch(record.name, AbortSignal.timeout(10_000))[Symbol.asyncIterator]();
+        assert.equal((await watch.next()).value?.stage, 'QUEUED');
+        const started = await other.startExecuting(record.name, 'w1');
+        assert.deepEqual(started, { ...record, stage: 'EXECUTING', worker: 'w1' });
+
+        const done = await other.update(record.name, { stage: 'COMPLETED', done: true, response: allBytes, worker: 'w1' });
+        // A second delivery of the same job, to another worker, after the operation finished.
+        const again = await store.startExecuting(record.name, 'w2');
+        assert.deepEqual(again, done, 'a finished operation is returned as it was');
+        assert.deepEqual(await other.get(record.name), done, 'and stays as it was');
+        const seen: OperationRecord[] = [];
+        for (let next = await watch.next(); !next.done; next = await watch.next()) seen.push(next.value);
+        assert.deepEqual(seen.map((r) => [r.stage, r.worker]), [['EXECUTING', 'w1'], ['COMPLETED', 'w1']]);
+
+        assert.equal(await store.startExecuting('operations/unknown', 'w1'), undefined);
+      }));
+
     test('watch yields the current state, then each change, and ends at done', () =>
       withSystem(async ({ store, peer }) => {
         const other = await peer();

@@ -265,16 +265,16 @@ after(async () => {
 });
 
 /** Short locks and checks so a dead worker's job comes back within a test's patience. */
-function redisQueue(prefix: string): BullMqActionQueue {
-  const opts: BullMqActionQueueOptions = { url: redis!.url, prefix, lockDurationMs: 1000, stalledIntervalMs: 500, idleRefreshMs: 2000 };
+function redisQueue(prefix: string, more: Partial<BullMqActionQueueOptions>): BullMqActionQueue {
+  const opts: BullMqActionQueueOptions = { url: redis!.url, prefix, lockDurationMs: 1000, stalledIntervalMs: 500, idleRefreshMs: 2000, ...more };
   return new BullMqActionQueue(opts);
 }
 
-async function openRedisSystem(): Promise<QueueSystem & { open(): BullMqActionQueue }> {
+async function openRedisSystem(more: Partial<BullMqActionQueueOptions> = {}): Promise<QueueSystem & { open(): BullMqActionQueue }> {
   const prefix = `t${randomUUID().slice(0, 8)}`;
   const all: BullMqActionQueue[] = [];
   const open = () => {
-    const q = redisQueue(prefix);
+    const q = redisQueue(prefix, more);
     all.push(q);
     return q;
   };
@@ -310,6 +310,31 @@ describe('BullMqActionQueue only', () => {
       assert.equal(recovered?.job.operationName, j.operationName);
       await recovered?.complete();
       await takeNothing(survivor, [linux]);
+    } finally {
+      await system.close();
+    }
+  });
+
+  test('a job recovered from dead workers more often than allowed comes back abandoned, once', async () => {
+    const system = await openRedisSystem({ maxStalledCount: 1 });
+    try {
+      const j = job();
+      await system.queue.enqueue(j);
+      for (let death = 1; death <= 2; death++) {
+        const doomed = system.open();
+        const lease = await doomed.take([], AbortSignal.timeout(20_000));
+        assert.equal(lease?.job.operationName, j.operationName, `taken before death ${death}`);
+        assert.equal(lease?.abandoned, undefined, `still worth running before death ${death}`);
+        await doomed.close();
+      }
+      const taker = system.open();
+      const last = await taker.take([], AbortSignal.timeout(20_000));
+      assert.equal(last?.job.operationName, j.operationName);
+      assert.match(last?.abandoned ?? '', /stalled more than allowable limit: its worker stopped 2 times/);
+      await last?.complete();
+      await takeNothing(taker, [], 2500);
+      // Failed for good, not back to waiting.
+      assert.equal((await system.queue.depth()).get('default'), 0);
     } finally {
       await system.close();
     }

@@ -67,9 +67,13 @@ export class Worker {
   private async execute(lease: Lease): Promise<void> {
     const { job } = lease;
     const { operations } = this.opts;
-    const current = await operations.update(job.operationName, { stage: 'EXECUTING', worker: this.opts.pipeline.workerName });
+    const current = await operations.startExecuting(job.operationName, this.opts.pipeline.workerName);
     if (!current || current.done) {
-      await lease.complete(); // cancelled or deleted while queued
+      await lease.complete(); // cancelled, deleted or already finished while queued
+      return;
+    }
+    if (lease.abandoned) {
+      await this.report(lease, { status: { code: status.ABORTED, message: `the farm gave up on this action: ${lease.abandoned}` }, cacheable: false });
       return;
     }
     log.debug('executing', { operation: job.operationName, action: digestKey(job.actionDigest) });
