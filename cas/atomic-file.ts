@@ -1,8 +1,19 @@
 // Crash-safe file creation: write to a private temporary name, fsync, then rename into place.
 // A reader therefore sees either nothing or the complete, durable content, never a torn file.
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { closeSync, fchmodSync, fdatasync, mkdirSync, openSync, promises as fs, renameSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { promisify } from 'node:util';
+
+const fdatasyncAsync = promisify(fdatasync);
+
+/**
+ * Files up to this size are created, written, closed and renamed synchronously: each of those
+ * is microseconds of page-cache work, while the promise API makes each a thread-pool round
+ * trip with its context switches. Only the flush to disk, which can take milliseconds, stays
+ * off the event loop. (An Action, a Command or an ActionResult is a few hundred bytes.)
+ */
+const SYNC_WRITE_MAX = 64 * 1024;
 
 export function tempPath(dir: string, hint: string): string {
   return path.join(dir, `${hint.slice(0, 16)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
@@ -10,6 +21,10 @@ export function tempPath(dir: string, hint: string): string {
 
 export async function writeFileAtomic(finalPath: string, data: Uint8Array, tmpDir: string): Promise<void> {
   const tmp = tempPath(tmpDir, path.basename(finalPath));
+  if (data.length <= SYNC_WRITE_MAX) {
+    await writeSmallFileAtomic(tmp, finalPath, data);
+    return;
+  }
   const handle = await fs.open(tmp, 'wx', 0o444);
   try {
     await handle.writeFile(data);
@@ -20,16 +35,47 @@ export async function writeFileAtomic(finalPath: string, data: Uint8Array, tmpDi
     throw err;
   }
   await handle.close();
-  await renameIntoPlace(tmp, finalPath);
+  renameIntoPlace(tmp, finalPath);
 }
 
-/** Moves a finished temporary file to its final name, creating the parent directory if needed. */
-export async function renameIntoPlace(tmp: string, finalPath: string): Promise<void> {
+async function writeSmallFileAtomic(tmp: string, finalPath: string, data: Uint8Array): Promise<void> {
+  const fd = openSync(tmp, 'wx', 0o444);
   try {
-    await fs.rename(tmp, finalPath);
+    writeFileSync(fd, data);
+    await fdatasyncAsync(fd);
+  } catch (err) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+  closeSync(fd);
+  renameIntoPlace(tmp, finalPath);
+}
+
+/**
+ * Gives a finished file its final mode and makes its content durable, before renameIntoPlace
+ * makes it visible: a torn file must never be served under its digest.
+ */
+export async function sealFile(file: string, mode: number): Promise<void> {
+  const fd = openSync(file, 'r');
+  try {
+    fchmodSync(fd, mode);
+    await fdatasyncAsync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Moves a finished temporary file to its final name, creating the parent directory if needed.
+ * Synchronous whatever the file's size: a rename only touches directory entries.
+ */
+export function renameIntoPlace(tmp: string, finalPath: string): void {
+  try {
+    renameSync(tmp, finalPath);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    await fs.mkdir(path.dirname(finalPath), { recursive: true });
-    await fs.rename(tmp, finalPath);
+    mkdirSync(path.dirname(finalPath), { recursive: true });
+    renameSync(tmp, finalPath);
   }
 }

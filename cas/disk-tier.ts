@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { BlobStore, ByteRange, Storage } from './blob-store';
 import { Digest, isEmptyDigest, verifyBlob } from './digest';
-import { renameIntoPlace, writeFileAtomic } from './atomic-file';
+import { renameIntoPlace, sealFile, writeFileAtomic } from './atomic-file';
 import { openFileRange } from './file-range';
 import { validateInstanceName } from './resource-name';
 import { log } from '../server/log';
@@ -172,14 +172,8 @@ class DiskTierBlobStore implements BlobStore {
       await fs.rm(file, { force: true });
       return this.tier.touch(this.pathOf(d));
     }
-    const handle = await fs.open(file, 'r');
-    try {
-      await handle.datasync(); // a torn copy must never be served under the digest
-      await handle.chmod(0o444);
-    } finally {
-      await handle.close();
-    }
-    await renameIntoPlace(file, this.pathOf(d));
+    await sealFile(file, 0o444);
+    renameIntoPlace(file, this.pathOf(d));
     await this.tier.added(this.pathOf(d), d.sizeBytes);
   }
 

@@ -182,7 +182,7 @@ export class FileCache {
         await verifyFileContent(tmp, digest);
       }
       if (!linked) await fs.chmod(tmp, executable ? 0o555 : 0o444);
-      await renameIntoPlace(tmp, this.pathOf(digest, executable));
+      renameIntoPlace(tmp, this.pathOf(digest, executable));
     } catch (err) {
       await fs.rm(tmp, { force: true });
       throw err;
