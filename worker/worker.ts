@@ -69,7 +69,7 @@ export class Worker {
     const { operations } = this.opts;
     const current = await operations.startExecuting(job.operationName, this.opts.pipeline.workerName);
     if (!current || current.done) {
-      await lease.complete(); // cancelled, deleted or already finished while queued
+      await this.completeLease(lease); // cancelled, deleted or already finished while queued
       return;
     }
     if (lease.abandoned) {
@@ -120,7 +120,20 @@ export class Worker {
       status: statusProto(new RpcError(st.code, st.message, st.missing ?? [])),
     });
     await operations.update(job.operationName, { stage: 'COMPLETED', done: true, response });
-    await lease.complete();
+    await this.completeLease(lease);
+  }
+
+  /**
+   * Ends the lease once the operation is done. If that fails (the lease was lost: this process
+   * stalled past the lock, or Redis went away), the job may come back, but to a worker that finds
+   * its operation finished and completes it without running anything: nothing to undo here.
+   */
+  private async completeLease(lease: Lease): Promise<void> {
+    try {
+      await lease.complete();
+    } catch (err) {
+      log.warn('could not complete the lease of a finished operation', { operation: lease.job.operationName, err });
+    }
   }
 
   /**
