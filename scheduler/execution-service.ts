@@ -11,7 +11,8 @@ import { notFound } from '../server/rpc-error';
 import { log } from '../server/log';
 import { ActionQueue, clampPriority } from './action-queue';
 import { loadRecentAction } from './action-loader';
-import { encodeResponse } from './operation-proto';
+import { cancelledBeforeStart, encodeResponse } from './operation-proto';
+import { PlatformProperty } from './platform';
 import { OperationRecord, OperationStore } from './operation-store';
 
 export class ExecutionService {
@@ -57,25 +58,41 @@ export class ExecutionService {
       dedupKey: cacheable && !req.skipCacheLookup ? `${instanceName}\0${digestKey(actionDigest)}` : undefined,
     };
     const owner = await this.operations.createOrJoin(record);
-    // A joiner queues a still-QUEUED owner once more: a server that died between recording the
-    // operation and queueing it left it with no job, and its clients' retries all join it. A job
-    // is named after its operation, so one still waiting or running is not queued twice.
-    if (owner.name === record.name || owner.stage === 'QUEUED') {
-      await this.queue.enqueue({
-        operationName: owner.name,
-        instanceName,
-        actionDigest,
-        priority: clampPriority(req.executionPolicy?.priority),
-        platform: loaded.platform,
-        queuedAt: owner.queuedAt,
-      });
+    const priority = clampPriority(req.executionPolicy?.priority);
+    if (owner.name === record.name) {
+      await this.queue.enqueue({ operationName: owner.name, instanceName, actionDigest, priority, platform: loaded.platform, queuedAt: owner.queuedAt });
+      log.debug('action queued', { operation: owner.name, action: digestKey(actionDigest) });
+    } else {
+      await this.resumeIfQueued(owner, priority, loaded.platform);
+      log.debug('joined identical in-flight action', { operation: owner.name, action: digestKey(actionDigest) });
     }
-    log.debug(owner.name === record.name ? 'action queued' : 'joined identical in-flight action', { operation: owner.name, action: digestKey(actionDigest) });
     yield* this.operations.watch(owner.name, signal);
   }
 
   async *waitExecution(req: rex.WaitExecutionRequest, signal: AbortSignal): AsyncGenerator<OperationRecord> {
-    if (!(await this.operations.get(req.name))) throw notFound(`operation ${JSON.stringify(req.name)} is unknown (finished operations are kept for an hour)`);
+    const record = await this.operations.get(req.name);
+    if (!record) throw notFound(`operation ${JSON.stringify(req.name)} is unknown (finished operations are kept for an hour)`);
+    // A failure here (the Action gone from the CAS, say) must not break the watch of an operation
+    // that is queued after all.
+    await this.resumeIfQueued(record, 0).catch((err) => log.warn('could not check a queued operation for its job', { operation: record.name, err }));
     yield* this.operations.watch(req.name, signal);
+  }
+
+  /**
+   * A QUEUED operation may have no job: its server died between recording it and queueing it, or
+   * between taking a cancelled one out of the queue and finishing it. Whoever comes back for the
+   * operation (a client retrying Execute joins it; WaitExecution) puts that right: a cancelled
+   * one is finished, any other queued once more. A job is named after its operation, so one still
+   * waiting or running is not queued twice.
+   */
+  private async resumeIfQueued(record: OperationRecord, priority: number, platform?: PlatformProperty[]): Promise<void> {
+    if (record.done || record.stage !== 'QUEUED') return;
+    if (record.cancelRequested) {
+      await this.operations.update(record.name, cancelledBeforeStart());
+      return;
+    }
+    const { instanceName, actionDigest } = record;
+    platform ??= (await loadRecentAction(instanceName, (d) => this.storage.cas(instanceName).read(d), actionDigest)).platform;
+    await this.queue.enqueue({ operationName: record.name, instanceName, actionDigest, priority, platform, queuedAt: record.queuedAt });
   }
 }

@@ -1,4 +1,5 @@
 // OperationRecord <-> google.longrunning.Operation, with REAPI's metadata and response types.
+import { status } from '@grpc/grpc-js';
 import { longrunning, rex } from '../apis';
 import { OperationRecord } from './operation-store';
 
@@ -22,4 +23,9 @@ export function toOperation(record: OperationRecord): longrunning.Operation.$Pro
 
 export function encodeResponse(response: rex.ExecuteResponse.$Properties): Buffer {
   return Buffer.from(rex.ExecuteResponse.encode(response).finish());
+}
+
+/** What an operation cancelled while it still waited in the queue finishes with. */
+export function cancelledBeforeStart(): Partial<OperationRecord> {
+  return { stage: 'COMPLETED', done: true, response: encodeResponse({ status: { code: status.CANCELLED, message: 'cancelled before it started' } }) };
 }

@@ -3,7 +3,7 @@ import { status } from '@grpc/grpc-js';
 import { longrunning } from '../apis';
 import { RpcError, invalidArgument, notFound } from '../server/rpc-error';
 import { ActionQueue } from './action-queue';
-import { encodeResponse } from './operation-proto';
+import { cancelledBeforeStart } from './operation-proto';
 import { OperationRecord, OperationStore } from './operation-store';
 
 const MAX_PAGE = 1000;
@@ -23,19 +23,16 @@ export class OperationsService {
     return this.operations.list(Math.min(req.pageSize || 100, MAX_PAGE), req.pageToken);
   }
 
-  /** Queued: dropped from the queue at once. Executing: the worker is told to stop it. */
+  /**
+   * Queued: dropped from the queue at once. Executing: the worker is told to stop it. The request
+   * is recorded first: should this server die between taking the job out of the queue and
+   * finishing the operation, whoever comes back for the operation finishes it (ExecutionService).
+   */
   async cancel(name: string): Promise<void> {
     const record = await this.get(name);
     if (record.done) return;
-    if (await this.queue.remove(name)) {
-      await this.operations.update(name, {
-        stage: 'COMPLETED',
-        done: true,
-        response: encodeResponse({ status: { code: status.CANCELLED, message: 'cancelled before it started' } }),
-      });
-    } else {
-      await this.operations.update(name, { cancelRequested: true });
-    }
+    await this.operations.update(name, { cancelRequested: true });
+    if (await this.queue.remove(name)) await this.operations.update(name, cancelledBeforeStart());
   }
 
   async delete(name: string): Promise<void> {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { Metadata } from '@grpc/grpc-js';
+import { Metadata, status } from '@grpc/grpc-js';
 import { longrunning, rex } from '../apis';
 import { ExecutionClient, ExecutionService, createClient, unary } from '../apis/services';
 import { Digest, digestKey, digestOf } from '../cas/digest';
@@ -185,31 +185,56 @@ test('identical actions sent at once through the two servers run once', async ()
   assert.equal(lastResponse(a).result!.stdoutDigest?.hash, lastResponse(b).result!.stdoutDigest?.hash, 'one run, one result');
 });
 
-test('an operation whose server died before queueing it runs when a client sends the action again', async () => {
-  const action = await uploaded({ args: ['sh', '-c', 'echo rescued'], salt: `orphan-${Date.now()}` });
-  // What a server SIGKILLed between recording the operation and queueing its job leaves in Redis.
+/** Writes to Redis what a server SIGKILLed after recording an operation, before queueing its job, leaves. */
+async function orphanedOperation(action: BuiltAction, extra: { cancelRequested?: boolean } = {}): Promise<string> {
   const store = new RedisOperationStore({ url: redis.url });
-  const orphan = {
-    name: `operations/${randomUUID()}`,
-    instanceName: '',
-    actionDigest: action.actionDigest,
-    stage: 'QUEUED' as const,
-    done: false,
-    queuedAt: Date.now(),
-    dedupKey: `\0${digestKey(action.actionDigest)}`,
-  };
   try {
-    assert.equal((await store.createOrJoin(orphan)).name, orphan.name);
+    const name = `operations/${randomUUID()}`;
+    const owner = await store.createOrJoin({
+      name,
+      instanceName: '',
+      actionDigest: action.actionDigest,
+      stage: 'QUEUED',
+      done: false,
+      queuedAt: Date.now(),
+      dedupKey: `\0${digestKey(action.actionDigest)}`,
+      ...extra,
+    });
+    assert.equal(owner.name, name);
+    return name;
   } finally {
     await store.close();
   }
-  // The client retries (Bazel does, on the broken stream) and joins the orphan. A deadline, so
-  // that a join that waits forever fails the test instead of hanging it.
-  const ops = await collect(exec2.Execute({ actionDigest: action.actionDigest }, new Metadata(), { deadline: Date.now() + 120_000 }));
-  assert.equal(ops[ops.length - 1].name, orphan.name, 'the retry joined the orphaned operation');
+}
+
+/** A deadline, so that a watch that waits forever fails the test instead of hanging it. */
+const GIVE_UP = () => ({ deadline: Date.now() + 120_000 });
+
+test('an operation whose server died before queueing it runs when a client sends the action again', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'echo rescued'], salt: `orphan-${Date.now()}` });
+  const orphan = await orphanedOperation(action);
+  // The client retries (Bazel does, on the broken stream) and joins the orphan.
+  const ops = await collect(exec2.Execute({ actionDigest: action.actionDigest }, new Metadata(), GIVE_UP()));
+  assert.equal(ops[ops.length - 1].name, orphan, 'the retry joined the orphaned operation');
   const response = lastResponse(ops);
   assert.equal(response.status?.code ?? 0, 0, response.status?.message ?? '');
   assert.equal(await text(clients2, response.result!.stdoutDigest), 'rescued\n');
+});
+
+test('WaitExecution on such an operation runs it; on one cancelled as its server died, finishes it as cancelled', async () => {
+  const action = await uploaded({ args: ['sh', '-c', 'echo waited-for'], salt: `orphan-wait-${Date.now()}` });
+  const orphan = await orphanedOperation(action);
+  const ops = await collect(exec1.WaitExecution({ name: orphan }, new Metadata(), GIVE_UP()));
+  const response = lastResponse(ops);
+  assert.equal(response.status?.code ?? 0, 0, response.status?.message ?? '');
+  assert.equal(await text(clients1, response.result!.stdoutDigest), 'waited-for\n');
+
+  // The server had recorded the cancel request and taken the job out of the queue, then died.
+  const doomed = await uploaded({ args: ['sh', '-c', 'echo must-not-run'], salt: `orphan-cancel-${Date.now()}` });
+  const cancelled = await orphanedOperation(doomed, { cancelRequested: true });
+  const after = lastResponse(await collect(exec2.WaitExecution({ name: cancelled }, new Metadata(), GIVE_UP())));
+  assert.equal(after.status?.code, status.CANCELLED, after.status?.message ?? '');
+  assert.equal(after.result ?? undefined, undefined, 'nothing ran');
 });
 
 test('a SIGTERM-ed worker finishes its running action, then exits 0', async () => {
