@@ -1,6 +1,6 @@
 // Runs the real `reapi serve` and `reapi worker` binaries as child processes, as a user would.
 import { ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 
@@ -25,8 +25,27 @@ export interface ServerProcess extends RunningReapi {
   dataDir: string;
 }
 
+/**
+ * Every directory tempDir() made in this process, removed when it exits: a server's data or a
+ * worker's work dir holds ~100 MB after a few builds, and a test run starts dozens. Set
+ * REAPI_KEEP_TEMP=1 to keep them for a look after a failure.
+ */
+const madeDirs = new Set<string>();
+process.once('exit', () => {
+  if (process.env.REAPI_KEEP_TEMP) return;
+  for (const dir of madeDirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // Left behind (a file an action made that this user may not remove): only disk space.
+    }
+  }
+});
+
 export function tempDir(prefix: string): string {
-  return mkdtempSync(path.join(tmpdir(), `reapi-${prefix}-`));
+  const dir = mkdtempSync(path.join(tmpdir(), `reapi-${prefix}-`));
+  madeDirs.add(dir);
+  return dir;
 }
 
 interface ReapiChild extends RunningReapi {
