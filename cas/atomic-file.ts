@@ -1,19 +1,20 @@
 // Crash-safe file creation: write to a private temporary name, fsync, then rename into place.
 // A reader therefore sees either nothing or the complete, durable content, never a torn file.
 import { randomBytes } from 'node:crypto';
-import { closeSync, fchmodSync, fdatasync, mkdirSync, openSync, promises as fs, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, fchmodSync, fdatasync, mkdirSync, openSync, renameSync, rmSync, writeFile, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 
 const fdatasyncAsync = promisify(fdatasync);
+const writeFdAsync = promisify(writeFile);
 
 /**
- * Files up to this size are created, written, closed and renamed synchronously: each of those
- * is microseconds of page-cache work, while the promise API makes each a thread-pool round
- * trip with its context switches. Only the flush to disk, which can take milliseconds, stays
- * off the event loop. (An Action, a Command or an ActionResult is a few hundred bytes.)
+ * Stored files up to this size are read and written with synchronous calls: each is microseconds
+ * of page-cache work, where the promise API makes each a thread-pool round trip with its
+ * context switches. Only the flush to disk, which can take milliseconds, stays off the event
+ * loop. (An Action, a Command or an ActionResult is a few hundred bytes.)
  */
-const SYNC_WRITE_MAX = 64 * 1024;
+export const SMALL_FILE_BYTES = 64 * 1024;
 
 export function tempPath(dir: string, hint: string): string {
   return path.join(dir, `${hint.slice(0, 16)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
@@ -21,27 +22,10 @@ export function tempPath(dir: string, hint: string): string {
 
 export async function writeFileAtomic(finalPath: string, data: Uint8Array, tmpDir: string): Promise<void> {
   const tmp = tempPath(tmpDir, path.basename(finalPath));
-  if (data.length <= SYNC_WRITE_MAX) {
-    await writeSmallFileAtomic(tmp, finalPath, data);
-    return;
-  }
-  const handle = await fs.open(tmp, 'wx', 0o444);
-  try {
-    await handle.writeFile(data);
-    await handle.datasync();
-  } catch (err) {
-    await handle.close().catch(() => undefined);
-    await fs.rm(tmp, { force: true });
-    throw err;
-  }
-  await handle.close();
-  renameIntoPlace(tmp, finalPath);
-}
-
-async function writeSmallFileAtomic(tmp: string, finalPath: string, data: Uint8Array): Promise<void> {
   const fd = openSync(tmp, 'wx', 0o444);
   try {
-    writeFileSync(fd, data);
+    if (data.length <= SMALL_FILE_BYTES) writeFileSync(fd, data);
+    else await writeFdAsync(fd, data);
     await fdatasyncAsync(fd);
   } catch (err) {
     closeSync(fd);

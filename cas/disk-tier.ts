@@ -15,7 +15,7 @@ import { Readable } from 'node:stream';
 import { BlobStore, ByteRange, Storage } from './blob-store';
 import { Digest, isEmptyDigest, verifyBlob } from './digest';
 import { renameIntoPlace, sealFile, writeFileAtomic } from './atomic-file';
-import { openFileRange } from './file-range';
+import { openFileRange, readBlobFile } from './file-range';
 import { validateInstanceName } from './resource-name';
 import { log } from '../server/log';
 
@@ -140,7 +140,7 @@ class DiskTierBlobStore implements BlobStore {
     const file = this.pathOf(d);
     if (!this.tier.has(file)) return undefined;
     try {
-      const data = await fs.readFile(file);
+      const data = await readBlobFile(file, d.sizeBytes);
       this.tier.touch(file);
       return data;
     } catch (err) {

@@ -15,7 +15,7 @@ import { Readable } from 'node:stream';
 import { ActionCacheStore, BlobStore, ByteRange, Storage } from './blob-store';
 import { Digest, SHA256_EMPTY, isEmptyDigest, verifyBlob } from './digest';
 import { renameIntoPlace, sealFile, writeFileAtomic } from './atomic-file';
-import { openFileRange } from './file-range';
+import { openFileRange, readBlobFile } from './file-range';
 import { validateInstanceName } from './resource-name';
 
 export class FileStorage implements Storage {
@@ -65,14 +65,6 @@ export class FileStorage implements Storage {
   }
 }
 
-/**
- * Blobs up to this size are read synchronously, like isPresent's stat: an Action, a Command, a
- * Directory or a small output is one page-cache copy of microseconds, where the promise API
- * costs four thread-pool round trips (open, fstat, read, close) and the context switches that
- * come with each. Larger blobs stream, off the event loop.
- */
-const SYNC_READ_MAX = 64 * 1024;
-
 /** Blobs the store wrote itself. */
 const OWN_MODE = 0o444;
 /** Blobs taken over from finished actions: read-only too, and told apart so linkTo() never lends them out. */
@@ -113,7 +105,7 @@ export class FileBlobStore implements BlobStore {
     if (isEmptyDigest(d)) return Buffer.alloc(0);
     if (!this.isPresent(d)) return undefined;
     try {
-      return d.sizeBytes <= SYNC_READ_MAX ? readFileSync(this.pathOf(d)) : await fs.readFile(this.pathOf(d));
+      return await readBlobFile(this.pathOf(d), d.sizeBytes);
     } catch (err) {
       return this.forgetIfGone(d, err);
     }
@@ -122,12 +114,6 @@ export class FileBlobStore implements BlobStore {
   async openRead(d: Digest, range: ByteRange = { offset: 0 }): Promise<Readable | undefined> {
     if (!this.isPresent(d)) return undefined;
     try {
-      if (isEmptyDigest(d)) return Readable.from([]); // never a file
-      if (d.sizeBytes <= SYNC_READ_MAX) {
-        const end = range.limit === undefined ? undefined : range.offset + range.limit;
-        const bytes = readFileSync(this.pathOf(d)).subarray(range.offset, end);
-        return Readable.from(bytes.length ? [bytes] : []);
-      }
       return await openFileRange(this.pathOf(d), d.sizeBytes, range);
     } catch (err) {
       return this.forgetIfGone(d, err);
@@ -181,7 +167,7 @@ class FileActionCacheStore implements ActionCacheStore {
 
   async get(actionDigest: Digest): Promise<Buffer | undefined> {
     try {
-      // Synchronous, as small blobs are (SYNC_READ_MAX): an encoded ActionResult is a few
+      // Synchronous, as small blobs are (SMALL_FILE_BYTES): an encoded ActionResult is a few
       // hundred bytes, and most lookups of a cold build end at once in ENOENT.
       return readFileSync(this.pathOf(actionDigest));
     } catch (err) {

@@ -58,14 +58,9 @@ export class ExecutionService {
       dedupKey: cacheable && !req.skipCacheLookup ? `${instanceName}\0${digestKey(actionDigest)}` : undefined,
     };
     const owner = await this.operations.createOrJoin(record);
-    const priority = clampPriority(req.executionPolicy?.priority);
-    if (owner.name === record.name) {
-      await this.queue.enqueue({ operationName: owner.name, instanceName, actionDigest, priority, platform: loaded.platform, queuedAt: owner.queuedAt });
-      log.debug('action queued', { operation: owner.name, action: digestKey(actionDigest) });
-    } else {
-      await this.resumeIfQueued(owner, priority, loaded.platform);
-      log.debug('joined identical in-flight action', { operation: owner.name, action: digestKey(actionDigest) });
-    }
+    // The new operation's job, or the joined one's if its server died before queueing it.
+    await this.ensureQueued(owner, clampPriority(req.executionPolicy?.priority), loaded.platform);
+    log.debug(owner.name === record.name ? 'action queued' : 'joined identical in-flight action', { operation: owner.name, action: digestKey(actionDigest) });
     yield* this.operations.watch(owner.name, signal);
   }
 
@@ -74,18 +69,19 @@ export class ExecutionService {
     if (!record) throw notFound(`operation ${JSON.stringify(req.name)} is unknown (finished operations are kept for an hour)`);
     // A failure here (the Action gone from the CAS, say) must not break the watch of an operation
     // that is queued after all.
-    await this.resumeIfQueued(record, 0).catch((err) => log.warn('could not check a queued operation for its job', { operation: record.name, err }));
+    await this.ensureQueued(record, 0).catch((err) => log.warn('could not check a queued operation for its job', { operation: record.name, err }));
     yield* this.operations.watch(req.name, signal);
   }
 
   /**
-   * A QUEUED operation may have no job: its server died between recording it and queueing it, or
-   * between taking a cancelled one out of the queue and finishing it. Whoever comes back for the
-   * operation (a client retrying Execute joins it; WaitExecution) puts that right: a cancelled
-   * one is finished, any other queued once more. A job is named after its operation, so one still
-   * waiting or running is not queued twice.
+   * Gives a QUEUED operation its job. A new one has none yet; an older one may have none either:
+   * its server died between recording it and queueing it, or between taking a cancelled one out
+   * of the queue and finishing it. So whoever comes back for an operation (a client retrying
+   * Execute joins it; WaitExecution) calls this too: a cancelled one is finished, any other
+   * queued. A job is named after its operation, so one still waiting or running is not queued
+   * twice.
    */
-  private async resumeIfQueued(record: OperationRecord, priority: number, platform?: PlatformProperty[]): Promise<void> {
+  private async ensureQueued(record: OperationRecord, priority: number, platform?: PlatformProperty[]): Promise<void> {
     if (record.done || record.stage !== 'QUEUED') return;
     if (record.cancelRequested) {
       await this.operations.update(record.name, cancelledBeforeStart());

@@ -174,7 +174,6 @@ export class RedisOperationStore implements OperationStore {
     return this.runUpdate(name, { stage: 'EXECUTING', worker }, true);
   }
 
-
   async *watch(name: string, signal: AbortSignal): AsyncIterable<OperationRecord> {
     if (signal.aborted || this.closed) return;
     const inbox: Signal[] = [];
