@@ -50,14 +50,13 @@ export class ObjectRunner {
 
   async run(job: ObjectJob): Promise<JobOutcome> {
     if (this.serverDown) return this.local();
-    const workingDirectory = job.cwd === job.root ? '' : inTree(job.root, job.cwd);
-    if (workingDirectory === undefined) return { kind: 'local' };
-    const outputs = job.outputs.map((o) => path.posix.normalize(o));
-    if (outputs.some((o) => o.startsWith('../') || path.isAbsolute(o))) return { kind: 'local' };
+    const placed = placeAction(job);
+    if (!placed) return { kind: 'local' };
+    const { workingDirectory, outputs } = placed;
     const object = inTree(job.root, path.resolve(job.cwd, job.compile.object))!;
 
     const partsWithoutInputs = {
-      argv: job.argv,
+      argv: placed.argv,
       env: actionEnvironment(job.env, this.config.envAllowlist, job.cwd),
       platform: { 'container-image': this.config.image, InputRootAbsolutePath: job.root },
       outputs: [...outputs].sort(),
@@ -65,16 +64,19 @@ export class ObjectRunner {
     };
     const recipeKey = recipeKeyOf(partsWithoutInputs);
     const manifest = await this.manifests.load(job.root, object);
-    let outcome = await this.attempt(job, object, outputs, partsWithoutInputs, recipeKey, manifest, false);
+    const outputDir = path.join(job.root, workingDirectory);
+    let outcome = await this.attempt(job, object, outputDir, outputs, partsWithoutInputs, recipeKey, manifest, false);
     // The scanned or recorded header list missed a file the compile needed (the scanner's rules
     // were wrong for this source): once more with the preprocessor's exact list.
-    if (outcome === 'preprocess') outcome = await this.attempt(job, object, outputs, partsWithoutInputs, recipeKey, manifest, true);
+    if (outcome === 'preprocess') outcome = await this.attempt(job, object, outputDir, outputs, partsWithoutInputs, recipeKey, manifest, true);
     return outcome === 'preprocess' ? this.local() : outcome;
   }
 
   private async attempt(
     job: ObjectJob,
     object: string,
+    /** Where the action's output paths start: its working directory in the tree. */
+    outputDir: string,
     outputs: string[],
     partsWithoutInputs: Omit<KeyParts, 'inputs'>,
     recipeKey: string,
@@ -119,7 +121,7 @@ export class ObjectRunner {
     try {
       const cached = await this.executor.lookup(actionDigest, outputs);
       if (cached && cached.exitCode === 0) {
-        await writeOutputs(cached, outputs, job.cwd, this.executor);
+        await writeOutputs(cached, outputs, outputDir, this.executor);
         this.counters.hits++;
         this.counters.timeSavedMs += Math.max(0, executionMs(cached) - (Date.now() - started));
         await record(true);
@@ -146,7 +148,7 @@ export class ObjectRunner {
       const result = outcome.result;
       if (!outcome.cachedResult) this.counters.remoteRuns++;
       if (result.exitCode === 0) {
-        await writeOutputs(result, outputs, job.cwd, this.executor);
+        await writeOutputs(result, outputs, outputDir, this.executor);
       } else if (await missingInputSymptom(result, this.executor)) {
         // A header the scan or the record missed: try the preprocessor's exact list. Already
         // that one: probably a file read by a tool, not the preprocessor; the local run is the
@@ -192,6 +194,33 @@ export class ObjectRunner {
       stderr: await stdio(result.stderrRaw, result.stderrDigest),
     };
   }
+}
+
+/**
+ * The action's working directory, output paths and arguments. Output paths are relative to the
+ * working directory and may not climb out of it; recipes may name them absolutely (the kernel's
+ * tools/ builds do) or in another directory of the tree (libsubcmd, built from tools/lib/subcmd
+ * into tools/objtool/libsubcmd). Then the action starts at the root and changes into the
+ * recipe's directory first. Undefined when an output lies outside the tree or the recipe runs
+ * outside it: the recipe runs locally.
+ */
+export function placeAction(job: Pick<ObjectJob, 'root' | 'cwd' | 'argv' | 'outputs'>): { workingDirectory: string; outputs: string[]; argv: string[] } | undefined {
+  const directory = path.resolve(job.cwd) === path.resolve(job.root) ? '' : inTree(job.root, job.cwd);
+  if (directory === undefined) return undefined;
+  const fromRoot: string[] = [];
+  for (const o of job.outputs) {
+    const rel = inTree(job.root, path.resolve(job.cwd, o));
+    if (rel === undefined) return undefined;
+    fromRoot.push(rel);
+  }
+  const prefix = directory ? `${directory}/` : '';
+  if (fromRoot.every((o) => o.startsWith(prefix))) {
+    return { workingDirectory: directory, outputs: fromRoot.map((o) => o.slice(prefix.length)), argv: job.argv };
+  }
+  // `sh -c SCRIPT sh DIR ARGV...`: DIR is made if no input lies in it (as the worker makes a
+  // working directory), and ARGV runs there.
+  const enter = '[ -d "$1" ] || mkdir -p "$1"; cd "$1" && shift && exec "$@"';
+  return { workingDirectory: '', outputs: fromRoot, argv: ['/bin/sh', '-c', enter, 'sh', directory, ...job.argv] };
 }
 
 /** Whether a failed action's stderr says a file was missing. */

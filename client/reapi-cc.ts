@@ -5,6 +5,7 @@
 //   reapi-cc [--server URL] gcc ... -c -o x.o x.c      (compiler wrapper, as in make CC="reapi-cc gcc")
 //   reapi-cc --stats | --zero-stats | --explain OBJECT [--root DIR]
 import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseCompileCommand } from './compile-args';
@@ -110,9 +111,14 @@ async function runMake(config: ClientConfig, opts: Options, makeArgv: string[]):
     run: async (job) => (await (opened ??= openRunner(config))).runner.run(job),
     warn: (l) => process.stderr.write(l + '\n'),
   });
-  // SHELL on the command line reaches sub-makes through MAKEFLAGS, and so does --eval.
+  // SHELL on the command line reaches sub-makes through MAKEFLAGS, and so does --eval. Some
+  // sub-makes start from an empty MAKEFLAGS (the kernel's tools/ builds: objtool, libsubcmd);
+  // every make also reads the makefiles named in MAKEFILES, so the SHELL set there reaches them.
   const args = [`SHELL=${session.shellPath}`, '--eval=.ONESHELL:', ...makeArgv.slice(1)];
-  const code = await runChild(makeArgv[0], args, { ...process.env, REAPI_CC_SESSION: session.dir });
+  const shellMakefile = path.join(session.dir, 'shell.mk');
+  writeFileSync(shellMakefile, `SHELL := ${session.shellPath}\n`);
+  const makefiles = [shellMakefile, ...(process.env.MAKEFILES ?? '').split(/\s+/).filter(Boolean)].join(' ');
+  const code = await runChild(makeArgv[0], args, { ...process.env, REAPI_CC_SESSION: session.dir, MAKEFILES: makefiles });
   await session.close();
   if (opened) await (await opened).finish();
   return code;

@@ -4,7 +4,7 @@
 // An object recipe is a script with exactly one `-c -o X.o SRC` compile; around it may run tools
 // that rewrite the object (objtool), turn the dependency file into a .cmd (fixdep), check it, or
 // append to the .cmd. Every file the script names is a candidate input; files it writes with `>`
-// or `>>` and files it removes are outputs.
+// or `>>`, files it removes and both names of a file it renames are outputs.
 import { CompileCommand, isCompilerName, parseCompileCommand } from './compile-args';
 import { lexScript } from './shell-words';
 
@@ -41,6 +41,14 @@ export function parseObjectRecipe(script: string): ObjectRecipe | undefined {
     }
     if (words[0] === 'rm') {
       for (const w of words.slice(1)) if (!w.startsWith('-')) outputs.push(w);
+    } else if (words[0] === 'mv') {
+      // `mv -f .x.o.tmp .x.o.cmd`, how the kernel's tools/ builds finish a .cmd file: both names
+      // are outputs (the first one ends up absent). A file moved into a directory is not
+      // followed; nor is one the script did not write itself, whose old content is an input.
+      const names = words.slice(1).filter((w) => !w.startsWith('-'));
+      if (names.length !== 2 || names[1].endsWith('/') || !truncated.has(normalize(names[0]))) return undefined;
+      outputs.push(...names);
+      truncated.add(normalize(names[1]));
     } else {
       for (const w of words) if (looksLikePath(w)) candidates.push(w);
     }

@@ -9,6 +9,7 @@ import { actionEnvironment } from '../client/config';
 import { parseDepfile } from '../client/depfile';
 import { explainDifference, KeyParts } from '../client/explain';
 import { lineRunnerArgv } from '../client/line-runner';
+import { placeAction } from '../client/object-job';
 import { parseObjectRecipe } from '../client/recipe-parser';
 import { parseEnv } from '../client/session-server';
 import { lexScript } from '../client/shell-words';
@@ -56,6 +57,32 @@ test('a file appended to before the script truncates it is an input as well as a
   assert.ok(r.outputs.includes('log.txt'));
   assert.ok(r.candidateInputs.includes('log.txt'));
   assert.ok(r.outputs.includes('a.d'), '-MD without -MF writes a.d next to the object');
+});
+
+test("a tools/-style recipe: absolute paths, and the .cmd written to a temporary name and moved into place", () => {
+  const d = '/src/tools/objtool';
+  const r = parseObjectRecipe(
+    `set -e; cc -Wp,-MD,${d}/.check.o.d -c -o ${d}/check.o check.c; ${d}/fixdep ${d}/.check.o.d ${d}/check.o 'cc -c' > ${d}/.check.o.tmp; rm -f ${d}/.check.o.d; mv -f ${d}/.check.o.tmp ${d}/.check.o.cmd`,
+  );
+  assert.ok(r);
+  assert.deepEqual(new Set(r.outputs), new Set([`${d}/check.o`, `${d}/.check.o.d`, `${d}/.check.o.tmp`, `${d}/.check.o.cmd`]));
+  assert.ok(r.candidateInputs.includes(`${d}/fixdep`));
+  assert.equal(parseObjectRecipe('gcc -c -o a.o a.c; mv -f old.txt new.txt'), undefined, 'moves a file it did not write');
+  assert.equal(parseObjectRecipe('gcc -c -o a.o a.c > t; mv t out/'), undefined, 'moves into a directory');
+});
+
+test('actions run in the recipe directory, or from the root when an output lies outside it', () => {
+  const job = { root: '/src', cwd: '/src/tools/objtool', argv: ['gcc'] };
+  assert.deepEqual(placeAction({ ...job, outputs: ['/src/tools/objtool/check.o', 'arch/x86/decode.o'] }), {
+    workingDirectory: 'tools/objtool', outputs: ['check.o', 'arch/x86/decode.o'], argv: ['gcc'],
+  });
+  const across = placeAction({ ...job, cwd: '/src/tools/lib/subcmd', outputs: ['/src/tools/objtool/libsubcmd/pager.o'] });
+  assert.equal(across?.workingDirectory, '');
+  assert.deepEqual(across?.outputs, ['tools/objtool/libsubcmd/pager.o']);
+  assert.deepEqual(across?.argv.slice(-2), ['tools/lib/subcmd', 'gcc']);
+  assert.equal(placeAction({ ...job, outputs: ['/elsewhere/a.o'] }), undefined);
+  assert.equal(placeAction({ ...job, cwd: '/elsewhere', outputs: ['a.o'] }), undefined);
+  assert.deepEqual(placeAction({ ...job, cwd: '/src', outputs: ['./lib/a.o'] })?.outputs, ['lib/a.o']);
 });
 
 test('the lexer keeps quoted words whole and separates redirections', () => {

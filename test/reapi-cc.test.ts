@@ -13,7 +13,10 @@ import { REPO_ROOT, ServerProcess, startServerProcess, tempDir } from './helpers
 const REAPI_CC = path.join(REPO_ROOT, 'dist', 'client', 'reapi-cc.js');
 const FIXTURE = path.join(REPO_ROOT, 'test', 'fixtures', 'kbuild-mini');
 /** Every file the object pipelines write and a local build must reproduce exactly. */
-const PIPELINE_OUTPUTS = ['app/main.o', 'lib/util.o', 'lib/math.o', 'lib/asm.o', 'app/.main.o.cmd', 'lib/.util.o.cmd', 'lib/.math.o.cmd', 'lib/.asm.o.cmd'];
+const PIPELINE_OUTPUTS = [
+  'app/main.o', 'lib/util.o', 'lib/math.o', 'lib/asm.o', 'tools/objtool/objtool.o',
+  'app/.main.o.cmd', 'lib/.util.o.cmd', 'lib/.math.o.cmd', 'lib/.asm.o.cmd', 'tools/objtool/.objtool.o.cmd',
+];
 
 let server: ServerProcess;
 let tree: string;
@@ -41,9 +44,9 @@ interface Run {
   stderr: string;
 }
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv = {}): Run {
+function run(file: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd = tree): Run {
   const r = spawnSync(file, args, {
-    cwd: tree,
+    cwd,
     env: { ...process.env, REAPI_SERVER: `grpc://${server.address}`, REAPI_CC_STATE: stateDir, ...env },
     encoding: 'utf8',
   });
@@ -85,7 +88,8 @@ test('reapi-cc make -j8 builds every object remotely, byte-identical to plain ma
   const r = ok(reapiCc('make', '-j8'));
   assert.match(r.stdout, /CC {6}lib\/util\.o/, 'the recipe\'s own echo is replayed');
   assert.deepEqual(sums(), plainSums);
-  assert.deepEqual(stats(), { hits: 0, misses: 4, remoteRuns: 4, localFallbacks: 0, failures: 0 });
+  // Four kbuild-style objects, and objtool.o from the tools/-style make that reset MAKEFLAGS.
+  assert.deepEqual(stats(), { hits: 0, misses: 5, remoteRuns: 5, localFallbacks: 0, failures: 0 });
   assert.equal(ok(run(path.join(tree, 'app', 'mini'), [])).stdout, 'kbuild-mini built from lib/util.c: 6 9 42\n');
 });
 
@@ -94,7 +98,7 @@ test('after make clean every object pipeline is a cache hit, with the same bytes
   ok(reapiCc('--zero-stats'));
   ok(reapiCc('make', '-j8'));
   assert.deepEqual(sums(), plainSums);
-  assert.deepEqual(stats(), { hits: 4, misses: 0, remoteRuns: 0, localFallbacks: 0, failures: 0 });
+  assert.deepEqual(stats(), { hits: 5, misses: 0, remoteRuns: 0, localFallbacks: 0, failures: 0 });
   const explained = ok(reapiCc('--explain', 'lib/util.o')).stdout;
   assert.match(explained, /lib\/util\.o: last lookup hit/);
 });
@@ -149,14 +153,14 @@ test('changing a header changes exactly the keys of the objects that include it;
   ok(make('clean'));
   ok(reapiCc('--zero-stats'));
   ok(reapiCc('make', '-j8'));
-  assert.deepEqual(stats(), { hits: 2, misses: 2, remoteRuns: 2, localFallbacks: 0, failures: 0 });
+  assert.deepEqual(stats(), { hits: 3, misses: 2, remoteRuns: 2, localFallbacks: 0, failures: 0 });
   for (const object of ['app/main.o', 'lib/math.o']) {
     const explained = ok(reapiCc('--explain', object)).stdout;
     assert.match(explained, /last lookup missed/, explained);
     assert.match(explained, /input changed: include\/mini\/math\.h/, explained);
     assert.doesNotMatch(explained, /input changed: (?!include\/mini\/math\.h)/, explained);
   }
-  for (const object of ['lib/util.o', 'lib/asm.o']) assert.match(ok(reapiCc('--explain', object)).stdout, /last lookup hit/);
+  for (const object of ['lib/util.o', 'lib/asm.o', 'tools/objtool/objtool.o']) assert.match(ok(reapiCc('--explain', object)).stdout, /last lookup hit/);
   // The rebuilt objects still match a plain build of the changed tree.
   const remote = sums();
   ok(make('clean'));
@@ -202,6 +206,16 @@ test('the wrapper mode caches and runs single compile commands (make CC="reapi-c
   assert.deepEqual(fs.readFileSync(path.join(tree, 'lib', 'math.o')), local);
   assert.equal(fs.readFileSync(path.join(tree, 'lib', 'math.d'), 'utf8'), localDeps);
   assert.deepEqual(stats(), { hits: 1, misses: 1, remoteRuns: 1, localFallbacks: 0, failures: 0 });
+  // From a subdirectory, writing into another one: output paths may not climb out of an
+  // action's working directory, so this one starts at the root and changes into lib/ itself.
+  const across = ['gcc', '-O2', '-g', '-I../include', '-c', '-o', '../app/math-copy.o', 'math.c'];
+  ok(run('gcc', across.slice(1), {}, path.join(tree, 'lib')));
+  const localCopy = fs.readFileSync(path.join(tree, 'app', 'math-copy.o'));
+  fs.rmSync(path.join(tree, 'app', 'math-copy.o'));
+  ok(run(process.execPath, [REAPI_CC, ...across], { REAPI_CC_ROOT: tree }, path.join(tree, 'lib')));
+  assert.deepEqual(fs.readFileSync(path.join(tree, 'app', 'math-copy.o')), localCopy, 'debug info names lib/ as the directory, as locally');
+  assert.deepEqual(stats(), { hits: 1, misses: 2, remoteRuns: 2, localFallbacks: 0, failures: 0 });
+  fs.rmSync(path.join(tree, 'app', 'math-copy.o'));
   // Not a compile: runs locally, untouched.
   assert.match(ok(reapiCc('gcc', '--version')).stdout, /gcc/);
   fs.rmSync(path.join(tree, 'lib', 'math.d'));
@@ -243,5 +257,5 @@ test('with the server stopped the build still succeeds locally, after one warnin
   assert.equal(warnings.length, 1, r.stderr);
   assert.match(warnings[0], /unreachable.*building locally/);
   assert.deepEqual(sums(), plainSums);
-  assert.equal(stats().localFallbacks, 4);
+  assert.equal(stats().localFallbacks, 5);
 });
