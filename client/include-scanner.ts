@@ -7,14 +7,17 @@
 // The answer is a superset of what the preprocessor opens: a header behind a false #if is in it,
 // and for each include name every file the search path holds under that name, not only the
 // first. So the remote compile finds exactly the file a local one would, whatever the search
-// order or #include_next does, and an extra input costs only its upload. Where a walk cannot be
-// sure of that -- a computed include (#include MACRO), __has_include (it would answer "no" for
-// a file left out), an option that changes the search in ways not modelled -- it says so, and the
-// caller runs the preprocessor instead.
+// order or #include_next does, and an extra input costs only its upload. A computed include
+// (#include TRACE_INCLUDE(TRACE_INCLUDE_FILE), in every kernel source with trace events) is
+// expanded with every definition of its macros the reached files hold (computed-include.ts).
+// __has_include(<name>) is followed like an include, so the remote compile gets the same answer.
+// Where a walk cannot be sure -- an expansion it does not model, an option that changes the
+// search in ways not modelled -- it says so, and the caller runs the preprocessor instead.
 import { spawn } from 'node:child_process';
 import { Dirent, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { CompileCommand } from './compile-args';
+import { commandLineDefinitions, computedHeaderNames, HeaderName, MacroDefinition, parseDefinitions } from './computed-include';
 import { DigestCache, FileDigest, RACY_WINDOW_MS } from './digest-cache';
 
 export type ScanResult =
@@ -35,12 +38,13 @@ interface SearchPath {
   bracket: string[];
 }
 
-type Directive = { name: string; quoted: boolean } | { computed: string };
+type Directive = HeaderName | { computed: string };
 
 interface ParsedFile {
   stamp: string;
   checkedIn: number;
   directives: Directive[] | { unsure: string };
+  definitions?: Map<string, MacroDefinition[]>;
 }
 
 interface Listing {
@@ -64,6 +68,8 @@ const SEARCH_OPTION_WITH_VALUE = new Set(['-I', '-iquote', '-isystem', '-idiraft
 /** Options whose effect on the search this scanner does not model. */
 const UNMODELLED = /^(?:-I-|-iprefix|-iwithprefix|-iwithprefixbefore|-imultilib|-fworking-directory|--include-directory|-traditional-cpp)/;
 const DIRECTIVE = /^[ \t]*#[ \t]*(?:include|include_next|import)\b[ \t]*(.*)$/gm;
+/** A call of __has_include (not `#ifdef __has_include`), with its operand if that is a literal name. */
+const HAS_INCLUDE = /__has_include(?:_next)?\s*\(\s*(?:"([^"\n]+)"|<([^>\n]+)>)?/g;
 
 export class IncludeScanner {
   private readonly files = new Map<string, ParsedFile>();
@@ -106,19 +112,67 @@ export class IncludeScanner {
       if (matches.length === 0) return { complete: false, reason: `${args[i - 1]} ${name} not found` };
       matches.forEach(reach);
     }
-    while (pending.length > 0) {
-      const file = pending.pop()!;
-      const parsed = this.directivesOf(file);
-      if ('unsure' in parsed) return { complete: false, reason: `${file}: ${parsed.unsure}` };
-      for (const d of parsed) {
-        if ('computed' in d) return { complete: false, reason: `${file}: computed include ${d.computed}` };
-        const matches = d.quoted
-          ? this.matches(`q${search.id}\0${path.dirname(file)}\0${d.name}`, d.name, () => [path.dirname(file), ...search.quote, ...search.bracket])
-          : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket);
-        matches.forEach(reach);
+    const resolve = (file: string, d: HeaderName) =>
+      (d.quoted
+        ? this.matches(`q${search.id}\0${path.dirname(file)}\0${d.name}`, d.name, () => [path.dirname(file), ...search.quote, ...search.bracket])
+        : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket)
+      ).forEach(reach);
+    // Computed includes wait until every file is found: their macros may be defined anywhere.
+    const computed = new Map<string, { file: string; expression: string }>();
+    for (;;) {
+      while (pending.length > 0) {
+        const file = pending.pop()!;
+        const parsed = this.directivesOf(file);
+        if ('unsure' in parsed) return { complete: false, reason: `${file}: ${parsed.unsure}` };
+        for (const d of parsed) {
+          if ('computed' in d) computed.set(`${path.dirname(file)}\0${d.computed}`, { file, expression: d.computed });
+          else resolve(file, d);
+        }
       }
+      if (computed.size === 0) break;
+      const definitions = this.definitionsIn([...found], args);
+      for (const { file, expression } of computed.values()) {
+        const names = computedHeaderNames(expression, definitions);
+        if ('unsure' in names) return { complete: false, reason: `${file}: ${names.unsure}` };
+        // Names that exist nowhere are dropped, as for a plain #include: such an include is dead
+        // code (the kernel's define_trace.h without CREATE_TRACE_POINTS), or the compile fails
+        // remotely and runs again with the preprocessor's list.
+        names.forEach((name) => resolve(file, name));
+      }
+      // Files found just now may define the macros differently: once more until nothing is new.
+      if (pending.length === 0) break;
     }
     return { complete: true, files: [...found], digests: this.digestsSeen };
+  }
+
+  /** Looks up a macro's definitions in the given files (as last parsed) and the -D options. */
+  private definitionsIn(files: string[], args: string[]): (name: string) => MacroDefinition[] | undefined {
+    const byFile = files.map((f) => this.definitionsOf(f));
+    const commandLine = groupByName(commandLineDefinitions(args));
+    const memo = new Map<string, MacroDefinition[]>();
+    return (name) => {
+      let defs = memo.get(name);
+      if (!defs) {
+        defs = [...(commandLine.get(name) ?? []), ...byFile.flatMap((m) => m.get(name) ?? [])];
+        memo.set(name, defs);
+      }
+      return defs;
+    };
+  }
+
+  /** A file's #defines by name, read when first asked for (few scans meet a computed include). */
+  private definitionsOf(file: string): Map<string, MacroDefinition[]> {
+    const parsed = this.files.get(file);
+    if (parsed?.definitions) return parsed.definitions;
+    let text = '';
+    try {
+      text = readFileSync(file, 'latin1');
+    } catch {
+      // Unreadable now: it defines nothing we can see; the preprocessor is the fallback anyway.
+    }
+    const definitions = groupByName(parseDefinitions(withoutComments(text)));
+    if (parsed) parsed.definitions = definitions;
+    return definitions;
   }
 
   /** Every existing file `name` names along the directories (an absolute name: itself); `key` names the question. */
@@ -247,9 +301,15 @@ function parseDirectives(file: string): Directive[] | { unsure: string } {
   } catch (err) {
     return { unsure: `cannot read: ${(err as Error).message}` };
   }
-  if (text.includes('__has_include')) return { unsure: '__has_include' };
+  const code = withoutComments(text);
   const directives: Directive[] = [];
-  for (const m of withoutComments(text).matchAll(DIRECTIVE)) {
+  // `__has_include(<name>)` answers from the file system: the file is an input if it exists, so
+  // the remote compile gets the same answer. An operand made by a macro cannot be followed.
+  for (const m of code.matchAll(HAS_INCLUDE)) {
+    if (m[1] === undefined && m[2] === undefined) return { unsure: '__has_include with a computed operand' };
+    directives.push({ name: m[1] ?? m[2], quoted: m[1] !== undefined });
+  }
+  for (const m of code.matchAll(DIRECTIVE)) {
     const rest = m[1].trim();
     const name = /^"([^"]+)"|^<([^>]+)>/.exec(rest);
     if (name) directives.push({ name: name[1] ?? name[2], quoted: name[1] !== undefined });
@@ -295,6 +355,16 @@ export function withoutComments(text: string): string {
     copied = i = end;
   }
   return out + text.slice(copied);
+}
+
+function groupByName(definitions: MacroDefinition[]): Map<string, MacroDefinition[]> {
+  const byName = new Map<string, MacroDefinition[]>();
+  for (const d of definitions) {
+    const list = byName.get(d.name);
+    if (list) list.push(d);
+    else byName.set(d.name, [d]);
+  }
+  return byName;
 }
 
 function mayBeFile(e: Dirent): boolean {

@@ -33,6 +33,9 @@ before(() => {
     '#include <lib/absent.h>',
     '#endif',
     '  #  include <stdio.h>',
+    '#if defined(__has_include) && __has_include("lib/maybe.h") /* an input: the same answer remotely */',
+    '#define HAVE_MAYBE 1',
+    '#endif',
     'int main(void) { return X + LOCAL + PRE; }',
     '',
   ].join('\n'));
@@ -42,6 +45,7 @@ before(() => {
   write('inc1/lib/dead.h', '#define DEAD\n');
   write('inc1/lib/commented.h', '#define COMMENTED\n');
   write('inc1/pre.h', '#define PRE 3\n');
+  write('inc2/lib/maybe.h', '#define MAYBE 4\n');
 });
 
 function compileOf(source: string, extra: string[] = []) {
@@ -67,20 +71,57 @@ test('every file the preprocessor reads is in the scan; conditionals are ignored
   for (const f of preprocessorFiles('src/a.c')) assert.ok(files.includes(f), `${f} missing from the scan`);
   const inTree = files.filter((f) => f.startsWith(tree + '/')).map((f) => path.relative(tree, f)).sort();
   // dead.h is behind #if 0: still an input (a superset). commented.h is only named in a comment.
-  assert.deepEqual(inTree, ['inc1/lib/dead.h', 'inc1/lib/x.h', 'inc1/pre.h', 'inc2/lib/x.h', 'src/a.c', 'src/local.h']);
+  assert.deepEqual(inTree, ['inc1/lib/dead.h', 'inc1/lib/x.h', 'inc1/pre.h', 'inc2/lib/maybe.h', 'inc2/lib/x.h', 'src/a.c', 'src/local.h']);
   assert.ok(files.some((f) => f.endsWith('/stdio.h')), 'system headers are followed too');
 });
 
-test('a computed include, __has_include and unmodelled search options make the scan give up', async () => {
+test("computed includes are expanded with every definition of their macros: the kernel's trace events", async () => {
+  // define_trace.h in miniature: the trace header is included again through a computed include,
+  // from include/trace/events/ or, with TRACE_INCLUDE_PATH, through the stringified path.
+  write('inc1/linux/stringify.h', '#define __stringify_1(x...) #x\n#define __stringify(x...) __stringify_1(x)\n');
+  write('inc1/trace/define_trace.h', [
+    '#ifdef CREATE_TRACE_POINTS',
+    '#undef CREATE_TRACE_POINTS',
+    '#include <linux/stringify.h>',
+    '#ifndef TRACE_INCLUDE_FILE',
+    '# define TRACE_INCLUDE_FILE TRACE_SYSTEM',
+    '#endif',
+    '#ifndef TRACE_INCLUDE_PATH',
+    '# define __TRACE_INCLUDE(system) <trace/events/system.h>',
+    '#else',
+    '# define __TRACE_INCLUDE(system) __stringify(TRACE_INCLUDE_PATH/system.h)',
+    '#endif',
+    '# define TRACE_INCLUDE(system) __TRACE_INCLUDE(system)',
+    '#include TRACE_INCLUDE(TRACE_INCLUDE_FILE)',
+    '#undef TRACE_INCLUDE_FILE',
+    '#undef TRACE_INCLUDE_PATH',
+    '#define CREATE_TRACE_POINTS',
+    '#endif',
+    '',
+  ].join('\n'));
+  write('inc1/trace/events/sched.h', '#undef TRACE_SYSTEM\n#define TRACE_SYSTEM sched\nint sched_event;\n#include <trace/define_trace.h>\n');
+  write('src/mytrace.h', '#undef TRACE_SYSTEM\n#define TRACE_SYSTEM mine\n#define TRACE_INCLUDE_PATH .\n#define TRACE_INCLUDE_FILE mytrace_impl\n#include <trace/define_trace.h>\n');
+  // Reached only through the computed include (quoted, so looked for along -I too).
+  write('inc2/mytrace_impl.h', 'int mine_event;\n');
+  write('src/traced.c', '#define CREATE_TRACE_POINTS\n#include <trace/events/sched.h>\n#include "mytrace.h"\nint main(void) { return 0; }\n');
+  const files = await scanFiles(new IncludeScanner(), 'src/traced.c');
+  const needed = preprocessorFiles('src/traced.c');
+  assert.ok(needed.includes(path.join(tree, 'inc2/mytrace_impl.h')), 'the preprocessor does read it');
+  for (const f of needed) assert.ok(files.includes(f), `${f} missing from the scan`);
+});
+
+test('token pasting, an expansion that is no header name, __has_include(MACRO) and unmodelled search options make the scan give up', async () => {
   const scanner = new IncludeScanner();
-  write('src/computed.c', '#define H "local.h"\n#include H\n');
-  write('src/has.c', '#if __has_include(<lib/x.h>)\n#endif\n');
-  const computed = await scanner.scan(compileOf('src/computed.c'), tree, process.env);
-  assert.equal(computed.complete, false);
-  assert.match(computed.complete ? '' : computed.reason, /computed include H/);
+  write('src/pasted.c', '#define CAT(a, b) a##b\n#include CAT(<lo, cal.h>)\n');
+  write('src/nowhere.c', '#define H(x) x + 1\n#include H(2)\n');
+  write('src/has.c', '#define NAME <lib/x.h>\n#if __has_include(NAME)\n#endif\n');
+  const pasted = await scanner.scan(compileOf('src/pasted.c'), tree, process.env);
+  assert.match(pasted.complete ? '' : pasted.reason, /computed include CAT\(<lo, cal\.h>\): CAT pastes tokens/);
+  const nowhere = await scanner.scan(compileOf('src/nowhere.c'), tree, process.env);
+  assert.match(nowhere.complete ? '' : nowhere.reason, /computed include H\(2\) names no header/);
   const has = await scanner.scan(compileOf('src/has.c'), tree, process.env);
   assert.equal(has.complete, false);
-  assert.match(has.complete ? '' : has.reason, /__has_include/);
+  assert.match(has.complete ? '' : has.reason, /__has_include with a computed operand/);
   const prefixed = await scanner.scan(compileOf('src/a.c', ['-iprefix', 'inc1/']), tree, process.env);
   assert.equal(prefixed.complete, false);
 });
