@@ -178,8 +178,10 @@ export class FileCache {
         }
         this.fetches++;
         // Checked before the file gets its final name, so a cache file is always right: the
-        // remote CAS path may not verify what it streams.
-        await verifyFileContent(tmp, digest);
+        // remote CAS path may not verify what it streams. A linked file is the local CAS's
+        // own, verified against its digest when it was stored: hashing it again would read
+        // every input byte of a cold build once more.
+        if (!linked) await verifyFileContent(tmp, digest);
       }
       if (!linked) await fs.chmod(tmp, executable ? 0o555 : 0o444);
       renameIntoPlace(tmp, this.pathOf(digest, executable));
