@@ -73,12 +73,8 @@ export class FileCache {
     await this.init();
     const name = fileName(digest, executable);
     for (;;) {
-      const entry = this.entries.get(name);
-      if (entry) {
-        entry.pins++;
-        this.touch(name, entry);
-        return this.pathOf(digest, executable);
-      }
+      const present = this.pinIfPresent(digest, executable);
+      if (present) return present;
       const pending = this.filling.get(name);
       if (pending) {
         // Another caller is fetching it; look again afterwards (it may even have been evicted).
@@ -94,6 +90,19 @@ export class FileCache {
       }
       return this.pathOf(digest, executable);
     }
+  }
+
+  /**
+   * ensure() for a file the cache already holds, without a promise: an action's inputs are
+   * mostly there already, and a kernel compile has hundreds. Undefined: call ensure().
+   */
+  pinIfPresent(digest: Digest, executable: boolean): string | undefined {
+    const name = fileName(digest, executable);
+    const entry = this.entries.get(name);
+    if (!entry) return undefined;
+    entry.pins++;
+    this.touch(name, entry);
+    return this.pathOf(digest, executable);
   }
 
   unpin(digest: Digest, executable: boolean): void {

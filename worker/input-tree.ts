@@ -179,6 +179,13 @@ async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], 
   for (const file of files) variants.set(variantKey(file), file);
   const limit = limiter(FETCH_CONCURRENCY);
   const paths = new Map<string, string>();
+  for (const [key, file] of variants) {
+    const present = opts.cache.pinIfPresent(file.digest, file.isExecutable);
+    if (!present) continue;
+    paths.set(key, present);
+    pinned.push(file);
+    variants.delete(key);
+  }
   await settleAll(
     [...variants].map(([key, file]) =>
       limit(async () => {
