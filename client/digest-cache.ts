@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs, statSync } from 'node:fs';
 import * as path from 'node:path';
+import { readBlobFile } from '../cas/file-range';
 
 export interface FileDigest {
   hash: string;
@@ -95,7 +96,7 @@ export class DigestCache {
   private async hash(absPath: string, stat: Omit<Entry, 'hash'>, executable: boolean): Promise<FileDigest | undefined> {
     let data: Buffer;
     try {
-      data = await fs.readFile(absPath);
+      data = await readBlobFile(absPath, stat.size);
     } catch {
       return undefined;
     }

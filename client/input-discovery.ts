@@ -56,13 +56,12 @@ export function digestString(d: FileDigest): string {
 export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> {
   const found = new Map<string, InputFile>();
   let learnt: Map<string, FileDigest> | undefined;
+  const record = (rel: string, d: FileDigest) => found.set(rel, { path: rel, digest: { hash: d.hash, sizeBytes: d.sizeBytes }, executable: d.executable });
   const add = async (rel: string): Promise<boolean> => {
     if (found.has(rel)) return true;
-    const abs = path.join(req.root, rel);
-    const d = learnt?.get(abs) ?? (await req.digests.digest(abs));
-    if (!d) return false;
-    found.set(rel, { path: rel, digest: { hash: d.hash, sizeBytes: d.sizeBytes }, executable: d.executable });
-    return true;
+    const d = await req.digests.digest(path.join(req.root, rel));
+    if (d) record(rel, d);
+    return d !== undefined;
   };
 
   let headers: HeaderSource;
@@ -80,7 +79,10 @@ export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> 
         if (SYSTEM_PREFIXES.some((p) => abs.startsWith(p))) continue; // provided by the image
         return { ok: false, reason: `${abs} is outside the tree and not a system header` };
       }
-      if (!(await add(rel))) return { ok: false, reason: `${abs} is not a regular file` };
+      // Most headers' digests came with the scan: no promise per file for those.
+      const known = learnt?.get(abs);
+      if (known) record(rel, known);
+      else if (!(await add(rel))) return { ok: false, reason: `${abs} is not a regular file` };
     }
   }
   const usedRecorded = headers === 'recorded';
@@ -123,10 +125,17 @@ async function readFiles(
 
 /** Root-relative '/'-path of abs, or undefined if it lies outside the root. */
 export function inTree(root: string, abs: string): string | undefined {
+  // Most paths are already normalized and under the root: no need for path.relative's work.
+  if (abs.length > root.length + 1 && abs.startsWith(root) && abs[root.length] === '/' && !NOT_NORMAL.test(abs)) {
+    return abs.slice(root.length + 1);
+  }
   const rel = path.relative(root, abs);
   if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel)) return undefined;
   return rel.split(path.sep).join('/');
 }
+
+/** A path with an empty, '.' or '..' segment, or a trailing slash. */
+const NOT_NORMAL = /\/\/|\/\.\.?(?:\/|$)|\/$/;
 
 const INCBIN = /\.incbin\s+\\?"([^"\\]+)\\?"/g;
 

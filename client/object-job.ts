@@ -4,6 +4,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { readBlobFile } from '../cas/file-range';
 import { BuiltAction, buildAction, InputFile } from './action-builder';
 import { CompileCommand } from './compile-args';
 import { ClientConfig, actionEnvironment } from './config';
@@ -132,7 +133,7 @@ export class ObjectRunner {
       const upload = (b: BuiltAction) =>
         this.executor.uploadMissing([
           ...b.messages.map((m) => ({ digest: m.digest, read: async () => m.data })),
-          ...discovery.inputs.map((f) => ({ digest: f.digest, read: () => fs.readFile(path.join(job.root, f.path)) })),
+          ...discovery.inputs.map((f) => ({ digest: f.digest, read: () => readBlobFile(path.join(job.root, f.path), f.digest.sizeBytes) })),
         ]);
       await upload(built);
       let outcome = await this.executor.execute(built.actionDigest);
