@@ -112,11 +112,12 @@ export class IncludeScanner {
       if (matches.length === 0) return { complete: false, reason: `${args[i - 1]} ${name} not found` };
       matches.forEach(reach);
     }
-    const resolve = (file: string, d: HeaderName) =>
-      (d.quoted
-        ? this.matches(`q${search.id}\0${path.dirname(file)}\0${d.name}`, d.name, () => [path.dirname(file), ...search.quote, ...search.bracket])
-        : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket)
-      ).forEach(reach);
+    const resolve = (dir: string, d: HeaderName) => {
+      const files = d.quoted
+        ? this.matches(`q${search.id}\0${dir}\0${d.name}`, d.name, () => [dir, ...search.quote, ...search.bracket])
+        : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket);
+      for (const f of files) reach(f);
+    };
     // Computed includes wait until every file is found: their macros may be defined anywhere.
     const computed = new Map<string, { file: string; expression: string }>();
     for (;;) {
@@ -124,9 +125,10 @@ export class IncludeScanner {
         const file = pending.pop()!;
         const parsed = this.directivesOf(file);
         if ('unsure' in parsed) return { complete: false, reason: `${file}: ${parsed.unsure}` };
+        const dir = path.dirname(file);
         for (const d of parsed) {
-          if ('computed' in d) computed.set(`${path.dirname(file)}\0${d.computed}`, { file, expression: d.computed });
-          else resolve(file, d);
+          if ('computed' in d) computed.set(`${dir}\0${d.computed}`, { file, expression: d.computed });
+          else resolve(dir, d);
         }
       }
       if (computed.size === 0) break;
@@ -137,7 +139,7 @@ export class IncludeScanner {
         // Names that exist nowhere are dropped, as for a plain #include: such an include is dead
         // code (the kernel's define_trace.h without CREATE_TRACE_POINTS), or the compile fails
         // remotely and runs again with the preprocessor's list.
-        names.forEach((name) => resolve(file, name));
+        for (const name of names) resolve(path.dirname(file), name);
       }
       // Files found just now may define the macros differently: once more until nothing is new.
       if (pending.length === 0) break;

@@ -107,7 +107,7 @@ export class ObjectRunner {
     const actionDigest = reuse ? { hash: reuse.actionDigest, sizeBytes: reuse.actionSize! } : built!.actionDigest;
     const parts: KeyParts = reuse
       ? reuse.parts
-      : { ...partsWithoutInputs, inputs: Object.fromEntries(discovery.inputs.map((f) => [f.path, inputDigestString(f)])) };
+      : { ...partsWithoutInputs, inputs: inputRecord(discovery.inputs) };
     const reasons = manifest?.actionDigest === actionDigest.hash ? [] : explainDifference(manifest?.parts, parts);
     const record = async (hit: boolean) => {
       // A hit on the same key as last time changes nothing worth a rewrite.
@@ -234,8 +234,15 @@ async function missingInputSymptom(result: Result, executor: RemoteExecutor): Pr
   return /No such file or directory|file not found/.test(text);
 }
 
-function inputDigestString(f: InputFile): string {
-  return digestString({ ...f.digest, executable: f.executable });
+/**
+ * Input path -> "hash/size[+x]". A null-prototype object is a dictionary from the start: V8
+ * fills it with ~570 path keys ten times faster than a plain object (Object.fromEntries took
+ * over a millisecond per object here).
+ */
+function inputRecord(inputs: InputFile[]): Record<string, string> {
+  const record = Object.create(null) as Record<string, string>;
+  for (const f of inputs) record[f.path] = digestString({ ...f.digest, executable: f.executable });
+  return record;
 }
 
 function executionMs(r: Result): number {
