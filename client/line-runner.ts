@@ -4,6 +4,7 @@
 // SHELL call; this keeps the lines' meaning unchanged. Lines ending in a backslash continue.
 //
 // Used in two places that must agree: the shell shim (local runs) and the remote Command.
+import { lexScript } from './shell-words';
 
 /** Expects the script in $1. Variables are prefixed so scripts do not see ordinary names change. */
 export const LINE_RUNNER = [
@@ -26,7 +27,43 @@ export const LINE_RUNNER = [
   'done',
 ].join('\n');
 
-/** argv for running `script` with per-line semantics. */
+/** Signals kbuild's trap-only lines name; a trap line naming anything else is not a no-op. */
+export const TRAP_SIGNALS = ['HUP', 'INT', 'QUIT', 'TERM', 'PIPE', 'EXIT'];
+
+/** argv for running `script` with per-line semantics, without the lines that cannot change anything. */
 export function lineRunnerArgv(script: string): string[] {
-  return ['/bin/sh', '-c', LINE_RUNNER, 'sh', script];
+  return ['/bin/sh', '-c', LINE_RUNNER, 'sh', withoutNoOpLines(script)];
+}
+
+/**
+ * The script without its no-op lines: `:`, `set -e` and `trap '...' SIG` statements only. Each
+ * line runs in a subshell of its own, so what such a line sets ends with it; kbuild's object
+ * rules carry six of them (one per step the configuration leaves out), and each would cost the
+ * action a shell fork. The compiled front drops the same lines for local runs. Pure.
+ */
+export function withoutNoOpLines(script: string): string {
+  const kept: string[] = [];
+  let logical: string[] = [];
+  for (const line of script.split('\n')) {
+    logical.push(line);
+    if (line.endsWith('\\')) continue; // continued on the next line
+    const text = logical.join('\n');
+    logical = [];
+    if (!isNoOpLine(text)) kept.push(text);
+  }
+  if (logical.length) kept.push(logical.join('\n'));
+  return kept.length ? kept.join('\n') : ':';
+}
+
+function isNoOpLine(line: string): boolean {
+  if (!/^[\s;]*(?::|set|trap)(?![^\s;])/.test(line) || /[&|(){}`$<>]/.test(line.replace(/'[^']*'/g, "''"))) return false;
+  const lexed = lexScript(line);
+  if (lexed.hasSubstitution) return false;
+  return lexed.commands.every(({ words, redirects }) => {
+    if (redirects.length > 0) return false;
+    if (words.length === 0) return true;
+    if (words[0] === ':') return words.length === 1;
+    if (words[0] === 'set') return words.length === 2 && words[1] === '-e';
+    return words[0] === 'trap' && words.length >= 3 && words.slice(2).every((sig) => TRAP_SIGNALS.includes(sig));
+  });
 }

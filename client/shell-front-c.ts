@@ -19,7 +19,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { LINE_RUNNER } from './line-runner';
+import { LINE_RUNNER, TRAP_SIGNALS } from './line-runner';
 
 /** Builtins and reserved words: a command starting with one of these needs the shell. */
 const SHELL_WORDS = [
@@ -29,8 +29,6 @@ const SHELL_WORDS = [
   'elif', 'else', 'esac', 'fi', 'for', 'if', 'in', 'then', 'until', 'while', '!', '{', '}',
 ];
 
-/** Signals kbuild's trap lines name; a trap line naming anything else goes to the shell. */
-const TRAP_SIGNALS = ['HUP', 'INT', 'QUIT', 'TERM', 'PIPE', 'EXIT'];
 
 function cString(s: string): string {
   return '"' + s.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') + '"';

@@ -8,7 +8,7 @@ import { parseCompileCommand } from '../client/compile-args';
 import { actionEnvironment } from '../client/config';
 import { parseDepfile } from '../client/depfile';
 import { explainDifference, KeyParts } from '../client/explain';
-import { lineRunnerArgv } from '../client/line-runner';
+import { lineRunnerArgv, withoutNoOpLines } from '../client/line-runner';
 import { placeAction } from '../client/object-job';
 import { parseObjectRecipe } from '../client/recipe-parser';
 import { parseEnv } from '../client/session-server';
@@ -117,6 +117,14 @@ test('the line runner gives .ONESHELL scripts the per-line meaning make gives th
   const errexit = runLines('set -e; false; echo no\necho yes');
   assert.equal(errexit.status, 1, 'set -e inside a line stops that line and so the recipe');
   assert.equal(errexit.stdout, '');
+});
+
+test("lines that only set traps or `set -e` are left out of the remote script: they cannot change anything", () => {
+  const trapOnly = "set -e;     trap 'rm -f a.o; trap - HUP; kill -s HUP $$' HUP;  trap 'rm -f a.o; trap - INT; kill -s INT $$' INT;  ";
+  const script = [`set -e; echo '  CC a.o'; ${trapOnly.slice(7)} gcc -c -o a.o a.c`, trapOnly, ':', `${trapOnly} ./check a.o`, 'set -e \\', '  ; trap "x" HUP'].join('\n');
+  assert.equal(withoutNoOpLines(script), [`set -e; echo '  CC a.o'; ${trapOnly.slice(7)} gcc -c -o a.o a.c`, `${trapOnly} ./check a.o`].join('\n'));
+  for (const kept of [': > truncated', 'set -x', "trap 'x' USR1", 'trap "$(evil)" HUP', 'set -e; true']) assert.equal(withoutNoOpLines(kept), kept, kept);
+  assert.equal(withoutNoOpLines(trapOnly), ':');
 });
 
 test('input trees are canonical: order of inputs does not matter, content does', () => {
