@@ -248,6 +248,29 @@ test('a header the include scanner cannot see is found by the preprocessor on a 
   }
 });
 
+test('objects built side by side upload a shared header once; each waits until it is there', async () => {
+  const { RemoteExecutor } = require(path.join(REPO_ROOT, 'dist', 'client', 'remote-executor.js')) as typeof import('../client/remote-executor');
+  const executor = new RemoteExecutor(`grpc://${server.address}`);
+  try {
+    const blob = (text: string) => {
+      const data = Buffer.from(`${text} ${Date.now()} ${Math.random()}`);
+      return { digest: { hash: createHash('sha256').update(data).digest('hex'), sizeBytes: data.length }, read: async () => data };
+    };
+    const [shared, a, b] = [blob('shared header'), blob('a.c'), blob('b.c')];
+    await Promise.all([executor.uploadMissing([shared, a]), executor.uploadMissing([shared, b])]);
+    assert.equal(executor.bytesUploaded, shared.digest.sizeBytes + a.digest.sizeBytes + b.digest.sizeBytes);
+    // All three are on the server now: nothing more to send.
+    await executor.uploadMissing([shared, a, b]);
+    assert.equal(executor.bytesUploaded, shared.digest.sizeBytes + a.digest.sizeBytes + b.digest.sizeBytes);
+    const fresh = new RemoteExecutor(`grpc://${server.address}`);
+    await fresh.uploadMissing([shared, a, b]);
+    assert.equal(fresh.bytesUploaded, 0, 'the server has every one of them');
+    fresh.close();
+  } finally {
+    executor.close();
+  }
+});
+
 test('with the server stopped the build still succeeds locally, after one warning line', async () => {
   await server.stop();
   ok(make('clean'));
