@@ -29,7 +29,6 @@ const SHELL_WORDS = [
   'elif', 'else', 'esac', 'fi', 'for', 'if', 'in', 'then', 'until', 'while', '!', '{', '}',
 ];
 
-
 function cString(s: string): string {
   return '"' + s.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') + '"';
 }
