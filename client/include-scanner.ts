@@ -1,23 +1,25 @@
 // Which files a compile may read, found without running the preprocessor: the #include
 // directives of the source and of every header they reach, resolved along the compiler's own
-// search path, with conditionals ignored. Running `gcc -M` per object costs 40-100 ms on a kernel
-// source (it preprocesses everything); this walk costs a few milliseconds, since every header is
-// read once per session.
+// search path. Running `gcc -M` per object costs 40-100 ms on a kernel source (it preprocesses
+// everything); this walk costs a few milliseconds, since every header is read once per session.
 //
-// The answer is a superset of what the preprocessor opens: a header behind a false #if is in it,
-// and for each include name every file the search path holds under that name, not only the
-// first. So the remote compile finds exactly the file a local one would, whatever the search
-// order or #include_next does, and an extra input costs only its upload. A computed include
-// (#include TRACE_INCLUDE(TRACE_INCLUDE_FILE), in every kernel source with trace events) is
-// expanded with every definition of its macros the reached files hold (computed-include.ts).
-// __has_include(<name>) is followed like an include, so the remote compile gets the same answer.
-// Where a walk cannot be sure -- an expansion it does not model, an option that changes the
-// search in ways not modelled -- it says so, and the caller runs the preprocessor instead.
+// The answer is a superset of what the preprocessor opens. Conditionals are judged only where
+// the macros they test have one value for the whole compile (include-conditions.ts): a header
+// behind `#ifdef __clang__` is left out, one behind a test of a macro some reached file defines
+// is in. An include name gives the first file along the search path, as the compiler takes it;
+// #include_next gives every one. So the remote compile finds exactly the file a local one would.
+// A computed include (#include TRACE_INCLUDE(TRACE_INCLUDE_FILE), in every kernel source with
+// trace events) is expanded with every definition of its macros the reached files hold
+// (computed-include.ts). __has_include(<name>) is followed like an include, so the remote compile
+// gets the same answer. Where a walk cannot be sure -- an expansion it does not model, an option
+// that changes the search in ways not modelled -- it says so, and the caller runs the
+// preprocessor instead.
 import { spawn } from 'node:child_process';
 import { Dirent, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { CompileCommand } from './compile-args';
 import { commandLineDefinitions, computedHeaderNames, HeaderName, MacroDefinition, parseDefinitions } from './computed-include';
+import { certainlySkipped, conditionalLines, Gate, integerValue, MacroFact, MacroFacts, neverDecided } from './include-conditions';
 import { DigestCache, FileDigest, RACY_WINDOW_MS } from './digest-cache';
 
 export type ScanResult =
@@ -38,12 +40,18 @@ interface SearchPath {
   bracket: string[];
 }
 
-type Directive = HeaderName | { computed: string };
+/** An include, or a __has_include operand; `next` for the _next forms, which search on past the first match. */
+type Directive = (HeaderName & { next?: boolean } | { computed: string }) & {
+  /** The branches it is inside, when the file's conditionals could be followed. */
+  gates?: Gate[];
+};
 
 interface ParsedFile {
   stamp: string;
   checkedIn: number;
   directives: Directive[] | { unsure: string };
+  /** Names the file #defines or #undefs anywhere: not fixed for a compile that reads it. */
+  defines: string[];
   definitions?: Map<string, MacroDefinition[]>;
 }
 
@@ -60,6 +68,8 @@ interface Resolution {
   listings: Listing[];
   stamps: string[];
   files: string[];
+  /** The scan that last found the listings unchanged. */
+  checkedIn: number;
 }
 
 /** Options that decide where the compiler looks for headers: asked of the compiler with them. */
@@ -67,15 +77,25 @@ const SEARCH_OPTION = /^(?:-I.*|-iquote.*|-isystem.*|-idirafter.*|-isysroot.*|--
 const SEARCH_OPTION_WITH_VALUE = new Set(['-I', '-iquote', '-isystem', '-idirafter', '-isysroot', '--sysroot', '-B', '-target', '--gcc-toolchain']);
 /** Options whose effect on the search this scanner does not model. */
 const UNMODELLED = /^(?:-I-|-iprefix|-iwithprefix|-iwithprefixbefore|-imultilib|-fworking-directory|--include-directory|-traditional-cpp)/;
-const DIRECTIVE = /^[ \t]*#[ \t]*(?:include|include_next|import)\b[ \t]*(.*)$/gm;
+const INCLUDE = new Set(['include', 'include_next', 'import']);
 /** A call of __has_include (not `#ifdef __has_include`), with its operand if that is a literal name. */
-const HAS_INCLUDE = /__has_include(?:_next)?\s*\(\s*(?:"([^"\n]+)"|<([^>\n]+)>)?/g;
+const HAS_INCLUDE = /__has_include(_next)?\s*\(\s*(?:"([^"\n]+)"|<([^>\n]+)>)?/g;
+/** Options that leave the predefined macros as they are (or are taken care of here: -D, -U, the -include files). */
+const NO_MACRO_EFFECT = /^(?:-c|-MD|-MMD|-MP|-W(?!p,).*|-g.*|-I.+|-iquote.+|-isystem.+|-idirafter.+|-D.+|-U.+|-pipe|-v)$/;
+const NO_MACRO_EFFECT_WITH_VALUE = new Set(['-o', '-MF', '-MT', '-MQ', '-include', '-imacros', '-I', '-iquote', '-isystem', '-idirafter', '-D', '-U', '-x']);
+/** Options after which the macros of a compile cannot be known from `cc -dM -E`. */
+const MACROS_UNMODELLED = /^(?:-Wp,.*|-Xpreprocessor|-fdirectives-only|-fpreprocessed|-traditional.*)$/;
+/** Names the preprocessor answers itself, which `-dM` does not list (true and false: in C++). */
+const BUILT_IN = /^(?:true|false|__has_\w*|__FILE__|__LINE__|__COUNTER__|__INCLUDE_LEVEL__|__DATE__|__TIME__|__TIMESTAMP__|__BASE_FILE__|__FILE_NAME__|_Pragma|__VA_ARGS__|__VA_OPT__|defined)$/;
 
 export class IncludeScanner {
   private readonly files = new Map<string, ParsedFile>();
   private readonly listings = new Map<string, Listing>();
   private readonly resolutions = new Map<string, Resolution>();
   private readonly searchPaths = new Map<string, Promise<SearchPath | { unsure: string }>>();
+  private readonly predefined = new Map<string, Promise<Map<string, MacroFact> | undefined>>();
+  /** Which files (as last parsed) #define or #undef each name. */
+  private readonly definers = new Map<string, Set<string>>();
   /** Each scan checks each cached file and directory against the disk once. */
   private generation = 0;
   private digestsSeen = new Map<string, FileDigest>();
@@ -90,12 +110,81 @@ export class IncludeScanner {
     const args = compile.argv.slice(1);
     const unmodelled = args.find((a) => UNMODELLED.test(a));
     if (unmodelled) return { complete: false, reason: `${unmodelled} is not modelled` };
-    const search = await this.searchPathFor(compile, cwd, env);
+    const [search, predefined] = await Promise.all([this.searchPathFor(compile, cwd, env), this.predefinedFor(compile, cwd, env)]);
     if ('unsure' in search) return { complete: false, reason: search.unsure };
 
     this.generation++;
     this.digestsSeen = new Map();
+    // The first walk follows every directive: the files any branch may read. Their #defines
+    // decide which macros are fixed; the second walk then leaves out what those rule out.
+    const roots = [path.resolve(cwd, compile.source)];
+    // -include and -imacros: looked for in the working directory first, then like "name".
+    for (let i = 0; i < args.length; i++) {
+      if (args[i] !== '-include' && args[i] !== '-imacros') continue;
+      const name = args[++i] ?? '';
+      const matches = this.matches(`i${search.id}\0${cwd}\0${name}`, name, () => [cwd, ...search.quote, ...search.bracket]);
+      if (matches.length === 0) return { complete: false, reason: `${args[i - 1]} ${name} not found` };
+      roots.push(matches[0]);
+    }
+    // GCC on glibc reads stdc-predef.h before anything else, wherever it is on the system path.
+    if (!args.includes('-nostdinc')) roots.push(...this.matches(`b${search.id}\0stdc-predef.h`, 'stdc-predef.h', () => search.bracket).slice(0, 1));
+    const resolve = (dir: string, d: HeaderName & { next?: boolean }): string[] => {
+      const files = d.quoted
+        ? this.matches(`q${search.id}\0${dir}\0${d.name}`, d.name, () => [dir, ...search.quote, ...search.bracket])
+        : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket);
+      // The compiler opens the first; #include_next goes on from where the including file was found.
+      return d.next ? files : files.slice(0, 1);
+    };
+    // Computed includes wait until every file is found: their macros may be defined anywhere.
+    const computed = new Map<string, { file: string; expression: string }>();
+    const computedFiles = new Map<string, Set<string>>();
+    // What each directive led to, for the second walk (a directive object belongs to one file).
+    const resolved = new Map<Directive, string[]>();
+    const follow = (dir: string, d: Directive) => {
+      if ('computed' in d) return [...(computedFiles.get(`${dir}\0${d.computed}`) ?? [])];
+      let files = resolved.get(d);
+      if (!files) resolved.set(d, (files = resolve(dir, d)));
+      return files;
+    };
     const found = new Set<string>();
+    for (let next = roots; next.length > 0; ) {
+      const walked = this.walk(next, follow, found, computed);
+      if (walked) return { complete: false, reason: walked.unsure };
+      if (computed.size === 0) break;
+      const definitions = this.definitionsIn([...found], args);
+      next = [];
+      for (const [key, { file, expression }] of computed) {
+        const names = computedHeaderNames(expression, definitions);
+        if ('unsure' in names) return { complete: false, reason: `${file}: ${names.unsure}` };
+        // Names that exist nowhere are dropped, as for a plain #include: such an include is dead
+        // code (the kernel's define_trace.h without CREATE_TRACE_POINTS), or the compile fails
+        // remotely and runs again with the preprocessor's list.
+        const files = computedFiles.get(key) ?? new Set<string>();
+        computedFiles.set(key, files);
+        for (const name of names) for (const f of resolve(path.dirname(file), name)) files.add(f);
+        // Files found just now may define the macros differently: once more until nothing is new.
+        for (const f of files) if (!found.has(f)) next.push(f);
+      }
+    }
+    if (!predefined) return { complete: true, files: [...found], digests: this.digestsSeen };
+
+    const facts = this.factsFor(found, predefined, args);
+    const reached = new Set<string>();
+    this.walk(roots, (dir, d) => (d.gates && certainlySkipped(d.gates, facts) ? [] : follow(dir, d)), reached, new Map());
+    return { complete: true, files: [...reached], digests: this.digestsSeen };
+  }
+
+  /**
+   * Adds to `found` every file reached from `roots` through the files `follow` gives for each
+   * directive (files already found are not walked again), and to `computed` the computed
+   * includes met, by directory and expression. A file that cannot be scanned ends the walk.
+   */
+  private walk(
+    roots: string[],
+    follow: (dir: string, d: Directive) => string[],
+    found: Set<string>,
+    computed: Map<string, { file: string; expression: string }>,
+  ): { unsure: string } | undefined {
     const pending: string[] = [];
     const reach = (file: string) => {
       if (!found.has(file)) {
@@ -103,48 +192,52 @@ export class IncludeScanner {
         pending.push(file);
       }
     };
-    reach(path.resolve(cwd, compile.source));
-    // -include and -imacros: looked for in the working directory first, then like "name".
+    roots.forEach(reach);
+    while (pending.length > 0) {
+      const file = pending.pop()!;
+      const parsed = this.directivesOf(file);
+      if ('unsure' in parsed) return { unsure: `${file}: ${parsed.unsure}` };
+      const dir = path.dirname(file);
+      for (const d of parsed) {
+        if ('computed' in d) computed.set(`${dir}\0${d.computed}`, { file, expression: d.computed });
+        follow(dir, d).forEach(reach);
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * What each macro is for the whole compile: not fixed if a file it may read defines or
+   * undefines it; else as the command line (-D, -U, in order) or the compiler's predefinitions
+   * leave it; else undefined.
+   */
+  private factsFor(found: Set<string>, predefined: Map<string, MacroFact>, args: string[]): MacroFacts {
+    const commandLine = new Map<string, MacroFact>();
     for (let i = 0; i < args.length; i++) {
-      if (args[i] !== '-include' && args[i] !== '-imacros') continue;
-      const name = args[++i] ?? '';
-      const matches = this.matches(`i${search.id}\0${cwd}\0${name}`, name, () => [cwd, ...search.quote, ...search.bracket]);
-      if (matches.length === 0) return { complete: false, reason: `${args[i - 1]} ${name} not found` };
-      matches.forEach(reach);
+      let a = args[i];
+      if (a === '-D' || a === '-U') a += args[++i] ?? '';
+      if (a.startsWith('-U')) commandLine.set(a.slice(2), { defined: false });
+      else if (a.startsWith('-D')) {
+        const eq = a.indexOf('=');
+        const head = eq < 0 ? a.slice(2) : a.slice(2, eq);
+        const name = /^[A-Za-z_]\w*/.exec(head)?.[0] ?? '';
+        const value = head.length === name.length ? integerValue(eq < 0 ? '1' : a.slice(eq + 1)) : undefined;
+        commandLine.set(name, { defined: true, value });
+      }
     }
-    const resolve = (dir: string, d: HeaderName) => {
-      const files = d.quoted
-        ? this.matches(`q${search.id}\0${dir}\0${d.name}`, d.name, () => [dir, ...search.quote, ...search.bracket])
-        : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket);
-      for (const f of files) reach(f);
+    const memo = new Map<string, MacroFact | undefined>();
+    return (name) => {
+      if (memo.has(name)) return memo.get(name);
+      let fact: MacroFact | undefined = commandLine.get(name) ?? predefined.get(name) ?? { defined: false };
+      if (BUILT_IN.test(name)) fact = undefined;
+      for (const file of this.definers.get(name) ?? []) {
+        if (!found.has(file)) continue;
+        fact = undefined;
+        break;
+      }
+      memo.set(name, fact);
+      return fact;
     };
-    // Computed includes wait until every file is found: their macros may be defined anywhere.
-    const computed = new Map<string, { file: string; expression: string }>();
-    for (;;) {
-      while (pending.length > 0) {
-        const file = pending.pop()!;
-        const parsed = this.directivesOf(file);
-        if ('unsure' in parsed) return { complete: false, reason: `${file}: ${parsed.unsure}` };
-        const dir = path.dirname(file);
-        for (const d of parsed) {
-          if ('computed' in d) computed.set(`${dir}\0${d.computed}`, { file, expression: d.computed });
-          else resolve(dir, d);
-        }
-      }
-      if (computed.size === 0) break;
-      const definitions = this.definitionsIn([...found], args);
-      for (const { file, expression } of computed.values()) {
-        const names = computedHeaderNames(expression, definitions);
-        if ('unsure' in names) return { complete: false, reason: `${file}: ${names.unsure}` };
-        // Names that exist nowhere are dropped, as for a plain #include: such an include is dead
-        // code (the kernel's define_trace.h without CREATE_TRACE_POINTS), or the compile fails
-        // remotely and runs again with the preprocessor's list.
-        for (const name of names) resolve(path.dirname(file), name);
-      }
-      // Files found just now may define the macros differently: once more until nothing is new.
-      if (pending.length === 0) break;
-    }
-    return { complete: true, files: [...found], digests: this.digestsSeen };
   }
 
   /** Looks up a macro's definitions in the given files (as last parsed) and the -D options. */
@@ -180,7 +273,10 @@ export class IncludeScanner {
   /** Every existing file `name` names along the directories (an absolute name: itself); `key` names the question. */
   private matches(key: string, name: string, dirs: () => string[]): string[] {
     const known = this.resolutions.get(key);
-    if (known && known.listings.every((l, i) => this.fresh(l) === known.stamps[i])) return known.files;
+    if (known && (known.checkedIn === this.generation || known.listings.every((l, i) => this.fresh(l) === known.stamps[i]))) {
+      known.checkedIn = this.generation;
+      return known.files;
+    }
     const candidates = path.isAbsolute(name) ? [name] : dirs().map((dir) => path.join(dir, name));
     const listings = candidates.map((c) => this.listing(path.dirname(c)));
     const files: string[] = [];
@@ -194,7 +290,7 @@ export class IncludeScanner {
       linked = true;
       if (statSync(candidate, { throwIfNoEntry: false })?.isFile()) files.push(candidate);
     });
-    if (!linked) this.resolutions.set(key, { listings, stamps: listings.map((l) => l.stamp), files });
+    if (!linked) this.resolutions.set(key, { listings, stamps: listings.map((l) => l.stamp), files, checkedIn: this.generation });
     return files;
   }
 
@@ -236,8 +332,14 @@ export class IncludeScanner {
     if (digest) this.digestsSeen.set(file, digest);
     const stamp = digest ? `sha256:${digest.hash}` : stampOf(file);
     if (!parsed || parsed.stamp !== stamp) {
-      parsed = { stamp, checkedIn: this.generation, directives: parseDirectives(file) };
+      for (const name of parsed?.defines ?? []) this.definers.get(name)?.delete(file);
+      parsed = { stamp, checkedIn: this.generation, ...parseFile(file) };
       this.files.set(file, parsed);
+      for (const name of parsed.defines) {
+        const files = this.definers.get(name);
+        if (files) files.add(file);
+        else this.definers.set(name, new Set([file]));
+      }
     }
     parsed.checkedIn = this.generation;
     return parsed.directives;
@@ -251,15 +353,38 @@ export class IncludeScanner {
       if (SEARCH_OPTION_WITH_VALUE.has(args[i])) options.push(args[i], args[++i] ?? '');
       else if (SEARCH_OPTION.test(args[i])) options.push(args[i]);
     }
-    const language = /\.(?:S|sx)$/.test(compile.source) ? 'assembler-with-cpp' : /\.(?:cc|cpp|cxx|C|c\+\+)$/.test(compile.source) ? 'c++' : 'c';
+    const language = languageOf(compile.source);
     const key = JSON.stringify([compile.argv[0], cwd, language, options]);
-    let answer = this.searchPaths.get(key);
-    if (!answer) {
-      answer = askSearchPath(compile.argv[0], [...options, '-E', '-v', '-x', language, '/dev/null'], cwd, env);
-      this.searchPaths.set(key, answer);
-    }
-    return answer;
+    return once(this.searchPaths, key, () => askSearchPath(compile.argv[0], [...options, '-E', '-v', '-x', language, '/dev/null'], cwd, env));
   }
+
+  /**
+   * The macros the compiler defines before the first line with these options (`cc -dM -E`), once
+   * per compiler, working directory and options that may change them; undefined where the
+   * macros cannot be known so (then no conditional is judged).
+   */
+  private predefinedFor(compile: CompileCommand, cwd: string, env: NodeJS.ProcessEnv): Promise<Map<string, MacroFact> | undefined> {
+    const options: string[] = [];
+    const args = compile.argv.slice(1);
+    let language = languageOf(compile.source);
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      if (/^-Wp,-M(M?)D,/.test(a)) continue;
+      if (MACROS_UNMODELLED.test(a)) return Promise.resolve(undefined);
+      if (a === '-x') language = args[i + 1] ?? language;
+      if (NO_MACRO_EFFECT_WITH_VALUE.has(a)) i++;
+      else if (!NO_MACRO_EFFECT.test(a) && a !== compile.source && !/^-o./.test(a)) options.push(a);
+    }
+    const key = JSON.stringify([compile.argv[0], cwd, language, options]);
+    return once(this.predefined, key, () => askPredefined(compile.argv[0], [...options, '-dM', '-E', '-x', language, '/dev/null'], cwd, env));
+  }
+}
+
+/** The compiler's answer to one question, asked once per key. */
+function once<T>(answers: Map<string, Promise<T>>, key: string, ask: () => Promise<T>): Promise<T> {
+  let answer = answers.get(key);
+  if (!answer) answers.set(key, (answer = ask()));
+  return answer;
 }
 
 /** The search lists `cc -E -v` prints, as absolute directories. */
@@ -276,6 +401,28 @@ function askSearchPath(compiler: string, args: string[], cwd: string, env: NodeJ
       resolve(lists ? { id: ++searchPaths, ...lists } : { unsure: `${compiler} -E -v printed no search list (exit ${code})` });
     });
   });
+}
+
+/** The `#define` lines `cc -dM -E` prints, as facts; undefined if it fails. */
+function askPredefined(compiler: string, args: string[], cwd: string, env: NodeJS.ProcessEnv): Promise<Map<string, MacroFact> | undefined> {
+  return new Promise((resolve) => {
+    const child = spawn(compiler, args, { cwd, env, stdio: ['ignore', 'pipe', 'ignore'] });
+    let text = '';
+    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    child.on('error', () => resolve(undefined));
+    child.on('close', (code) => {
+      if (code !== 0) return resolve(undefined);
+      const facts = new Map<string, MacroFact>();
+      for (const m of text.matchAll(/^#define ([A-Za-z_]\w*)(\()?[^ ]* ?(.*)$/gm)) {
+        facts.set(m[1], { defined: true, value: m[2] ? undefined : integerValue(m[3]) });
+      }
+      resolve(facts);
+    });
+  });
+}
+
+function languageOf(source: string): string {
+  return /\.(?:S|sx)$/.test(source) ? 'assembler-with-cpp' : /\.(?:cc|cpp|cxx|C|c\+\+)$/.test(source) ? 'c++' : 'c';
 }
 
 let searchPaths = 0;
@@ -295,29 +442,57 @@ export function parseSearchLists(text: string, cwd: string): Omit<SearchPath, 'i
   return { quote: dirs(text.slice(quoteAt, bracketAt)), bracket: dirs(text.slice(bracketAt, endAt)) };
 }
 
-/** The include directives of one file, or why it cannot be scanned. */
-function parseDirectives(file: string): Directive[] | { unsure: string } {
+const DEFINE_OR_UNDEF = /^[ \t]*#[ \t]*(?:define|undef)[ \t]+([A-Za-z_]\w*)/gm;
+
+/** The include directives of one file (or why it cannot be scanned), and the names it defines or undefines. */
+function parseFile(file: string): { directives: Directive[] | { unsure: string }; defines: string[] } {
   let text: string;
   try {
     text = readFileSync(file, 'latin1');
   } catch (err) {
-    return { unsure: `cannot read: ${(err as Error).message}` };
+    return { directives: { unsure: `cannot read: ${(err as Error).message}` }, defines: [] };
   }
   const code = withoutComments(text);
+  const joined = code.replace(/\\\r?\n/g, '');
+  const defines = [...new Set(Array.from(joined.matchAll(DEFINE_OR_UNDEF), (m) => m[1]))];
   const directives: Directive[] = [];
+  // Gates on this file's own macros (its include guard) are left out: they never close.
+  const own = new Set(defines);
+  const gated = (gates: Gate[] | undefined) => {
+    const deciding = gates?.filter((g) => !neverDecided(g, own));
+    return deciding && deciding.length > 0 ? { gates: deciding } : {};
+  };
   // `__has_include(<name>)` answers from the file system: the file is an input if it exists, so
   // the remote compile gets the same answer. An operand made by a macro cannot be followed.
-  for (const m of code.matchAll(HAS_INCLUDE)) {
-    if (m[1] === undefined && m[2] === undefined) return { unsure: '__has_include with a computed operand' };
-    directives.push({ name: m[1] ?? m[2], quoted: m[1] !== undefined });
+  const hasInclude = (text: string, gates: Gate[] | undefined): { unsure: string } | undefined => {
+    for (const m of text.matchAll(HAS_INCLUDE)) {
+      if (m[2] === undefined && m[3] === undefined) return { unsure: '__has_include with a computed operand' };
+      directives.push({ name: m[2] ?? m[3], quoted: m[2] !== undefined, next: m[1] !== undefined, ...gated(gates) });
+    }
+    return undefined;
+  };
+  const lines = conditionalLines(code);
+  let judged = 0;
+  for (const line of lines) {
+    if (INCLUDE.has(line.directive)) {
+      const rest = line.rest.trim();
+      const name = /^"([^"]+)"|^<([^>]+)>/.exec(rest);
+      const next = line.directive === 'include_next';
+      if (name) directives.push({ name: name[1] ?? name[2], quoted: name[1] !== undefined, next, ...gated(line.gates) });
+      else directives.push({ computed: rest, ...gated(line.gates) });
+    } else if (line.rest.includes('__has_include')) {
+      // In a condition it is read where the #if is; in a macro body, wherever the macro is used.
+      judged += Array.from(line.rest.matchAll(HAS_INCLUDE)).length;
+      const unsure = hasInclude(line.rest, line.directive === 'define' ? undefined : line.conditionGates ?? line.gates);
+      if (unsure) return { directives: unsure, defines };
+    }
   }
-  for (const m of code.matchAll(DIRECTIVE)) {
-    const rest = m[1].trim();
-    const name = /^"([^"]+)"|^<([^>]+)>/.exec(rest);
-    if (name) directives.push({ name: name[1] ?? name[2], quoted: name[1] !== undefined });
-    else directives.push({ computed: rest });
+  // Anywhere else (outside a directive, or split oddly): followed whatever the conditionals say.
+  if (Array.from(joined.matchAll(HAS_INCLUDE)).length !== judged) {
+    const unsure = hasInclude(joined, undefined);
+    if (unsure) return { directives: unsure, defines };
   }
-  return directives;
+  return { directives, defines };
 }
 
 /**

@@ -1,6 +1,7 @@
 // The include scanner against the real compiler: on a small tree with every kind of directive,
-// its answer holds every file `gcc -M` lists (what the remote compile must find), it gives up
-// where it cannot be sure, and a later scan sees headers that changed or appeared.
+// its answer holds every file `gcc -M` lists (what the remote compile must find), leaves out
+// what a conditional on fixed macros rules out, gives up where it cannot be sure, and a later
+// scan sees headers that changed or appeared.
 import test, { before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -8,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseCompileCommand } from '../client/compile-args';
 import { parseDepfile } from '../client/depfile';
+import { certainlySkipped, conditionalLines, evaluate, MacroFact, parseCondition } from '../client/include-conditions';
 import { IncludeScanner, withoutComments } from '../client/include-scanner';
 import { tempDir } from './helpers/server-process';
 
@@ -54,25 +56,82 @@ function compileOf(source: string, extra: string[] = []) {
   return c;
 }
 
-function preprocessorFiles(source: string): string[] {
-  const c = compileOf(source);
+function preprocessorFiles(source: string, extra: string[] = []): string[] {
+  const c = compileOf(source, extra);
   const out = execFileSync(c.dependencyScanArgv[0], c.dependencyScanArgv.slice(1), { cwd: tree }).toString();
   return parseDepfile(out).map((d) => path.resolve(tree, d));
 }
 
-async function scanFiles(scanner: IncludeScanner, source: string): Promise<string[]> {
-  const result = await scanner.scan(compileOf(source), tree, process.env);
+async function scanFiles(scanner: IncludeScanner, source: string, extra: string[] = []): Promise<string[]> {
+  const result = await scanner.scan(compileOf(source, extra), tree, process.env);
   assert.ok(result.complete, result.complete ? '' : result.reason);
   return result.files;
 }
 
-test('every file the preprocessor reads is in the scan; conditionals are ignored, comments are not code', async () => {
+function inTree(files: string[]): string[] {
+  return files.filter((f) => f.startsWith(tree + '/')).map((f) => path.relative(tree, f)).sort();
+}
+
+test('every file the preprocessor reads is in the scan; comments are not code', async () => {
   const files = await scanFiles(new IncludeScanner(), 'src/a.c');
   for (const f of preprocessorFiles('src/a.c')) assert.ok(files.includes(f), `${f} missing from the scan`);
-  const inTree = files.filter((f) => f.startsWith(tree + '/')).map((f) => path.relative(tree, f)).sort();
-  // dead.h is behind #if 0: still an input (a superset). commented.h is only named in a comment.
-  assert.deepEqual(inTree, ['inc1/lib/dead.h', 'inc1/lib/x.h', 'inc1/pre.h', 'inc2/lib/maybe.h', 'inc2/lib/x.h', 'src/a.c', 'src/local.h']);
+  // dead.h is behind #if 0; commented.h is only named in a comment.
+  assert.deepEqual(inTree(files), ['inc1/lib/x.h', 'inc1/pre.h', 'inc2/lib/maybe.h', 'inc2/lib/x.h', 'src/a.c', 'src/local.h']);
   assert.ok(files.some((f) => f.endsWith('/stdio.h')), 'system headers are followed too');
+});
+
+test('conditionals on macros fixed for the whole compile are judged; the rest keep what they guard', async () => {
+  write('src/cond.c', [
+    '#ifdef __clang__', '#include <lib/clang.h>', '#endif', // predefined (not, for gcc): out
+    '#if defined(__GNUC__) && __GNUC__ >= 4', '#include <lib/gnuc.h>', '#else', '#include <lib/old.h>', '#endif',
+    '#ifdef FROM_CMDLINE', '#include <lib/cmd.h>', '#endif', // -DFROM_CMDLINE=3
+    '#if FROM_CMDLINE > 5', '#include <lib/big.h>', '#elif FROM_CMDLINE == 3', '#include <lib/three.h>', '#endif',
+    '#ifndef CONFIG_UNSET', '#include <lib/unset.h>', '#endif', // set nowhere: undefined all along
+    '#include "defs.h"',
+    '#ifdef CONFIG_SET_BY_HEADER', '#include <lib/byheader.h>', '#endif', // a reached file defines it: not fixed
+    '#ifdef CONFIG_UNDEF_BY_HEADER', '#include <lib/undef.h>', '#endif', // one #undefs it: not fixed either
+    '#ifdef CLANG_ONLY', '#include <lib/clangonly.h>', '#endif', // defined only in clang.h: still not fixed
+    '#if __has_attribute(noreturn)', '#include <lib/fn.h>', '#endif', // a call: not modelled
+    '#if 0', '# if __has_include(<lib/probe.h>)', '# endif', '#endif',
+    '#include <lib/dup.h>', // in inc1 and inc2: the compiler opens inc1's only
+    'int main(void) { return 0; }', '',
+  ].join('\n'));
+  write('src/defs.h', '#define CONFIG_SET_BY_HEADER 1\n#undef CONFIG_UNDEF_BY_HEADER\n');
+  write('inc1/lib/clang.h', '#define CLANG_ONLY 1\n');
+  for (const h of ['gnuc', 'old', 'cmd', 'big', 'three', 'unset', 'byheader', 'undef', 'clangonly', 'fn', 'probe', 'dup']) write(`inc1/lib/${h}.h`, '\n');
+  write('inc2/lib/dup.h', '\n');
+  const flags = ['-DFROM_CMDLINE=3'];
+  const files = await scanFiles(new IncludeScanner(), 'src/cond.c', flags);
+  for (const f of preprocessorFiles('src/cond.c', flags)) assert.ok(files.includes(f), `${f} missing from the scan`);
+  assert.deepEqual(
+    inTree(files),
+    ['byheader', 'clangonly', 'cmd', 'dup', 'fn', 'gnuc', 'three', 'undef', 'unset'].map((h) => `inc1/lib/${h}.h`).concat('inc1/pre.h', 'src/cond.c', 'src/defs.h'),
+  );
+  // The same source with the macro gone: what it guarded goes, what it ruled out comes back.
+  const without = inTree(await scanFiles(new IncludeScanner(), 'src/cond.c'));
+  assert.ok(!without.includes('inc1/lib/cmd.h') && !without.includes('inc1/lib/three.h'));
+
+  // Nesting that does not balance: nothing is judged, everything stays.
+  write('src/unbalanced.h', '#if 0\n#include <lib/old.h>\n#endif\n#endif\n');
+  write('src/unbalanced.c', '#include "unbalanced.h"\n');
+  assert.ok(inTree(await scanFiles(new IncludeScanner(), 'src/unbalanced.c')).includes('inc1/lib/old.h'));
+});
+
+test('#if expressions: what fixed macros decide, and what they leave open', () => {
+  const facts = (known: Record<string, MacroFact>) => (name: string) => known[name];
+  const fixed = facts({ X: { defined: true, value: 3n }, Y: { defined: false }, S: { defined: true } });
+  const cases: [string, bigint | undefined][] = [
+    ['0', 0n], ['1 + 2 * 3', 7n], ['(1 << 62) * 4', undefined], ['10 / 0', undefined], ['-1 < 0', 1n], ['1U', undefined],
+    ["'a'", undefined], ['0x10 == 16 && 010 == 8 && ~0 == -1', 1n], ['defined X && X > 2', 1n], ['defined(Y) || Y', 0n],
+    ['defined S', 1n], ['S', undefined], ['Z', undefined], ['Z && 0', 0n], ['Z || 1', 1n], ['Z || Y', undefined],
+    ['F(1)', undefined], ['Z ? 2 : 2', 2n], ['X > 2 ? Y : Z', 0n], ['1 +', undefined], ['(1', undefined],
+  ];
+  for (const [text, value] of cases) assert.equal(evaluate(parseCondition(text), fixed), value, text);
+
+  const lines = conditionalLines('#if Z\n#include <a>\n#elif 1\n#include <b>\n#else\n#include <c>\n#endif\n');
+  const skipped = (known: Record<string, MacroFact>) => lines.filter((l) => l.directive === 'include').map((l) => certainlySkipped(l.gates, facts(known)));
+  assert.deepEqual(skipped({}), [false, false, true]);
+  assert.deepEqual(skipped({ Z: { defined: true, value: 1n } }), [false, true, true]);
 });
 
 test("computed includes are expanded with every definition of their macros: the kernel's trace events", async () => {
