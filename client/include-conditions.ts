@@ -144,12 +144,15 @@ function definedTest(rest: string, negated: boolean): Expr {
 
 const TOKEN = /\s*(?:([A-Za-z_]\w*)|(\.?\d(?:[eEpP][+-]|[\w.])*)|('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|(\|\||&&|==|!=|<=|>=|<<|>>|[-+*/%&|^~!<>?:(),])|(\S))/y;
 
+/** Longer conditions are left undecided: their trees would be deep enough to exhaust the stack. */
+const MAX_TOKENS = 1000;
+
 /** A #if expression as a tree; what it does not model (a macro call, a character constant) is 'unknown'. */
 export function parseCondition(text: string): Expr {
   const tokens: string[] = [];
   TOKEN.lastIndex = 0;
   for (let m = TOKEN.exec(text); m; m = TOKEN.exec(text)) {
-    if (m[5] !== undefined || m[3] !== undefined) return { op: 'unknown' };
+    if (m[5] !== undefined || m[3] !== undefined || tokens.length === MAX_TOKENS) return { op: 'unknown' };
     tokens.push(m[1] ?? m[2] ?? m[4]);
   }
   if (tokens.length === 0) return { op: 'unknown' };

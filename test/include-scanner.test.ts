@@ -125,6 +125,7 @@ test('#if expressions: what fixed macros decide, and what they leave open', () =
     ["'a'", undefined], ['0x10 == 16 && 010 == 8 && ~0 == -1', 1n], ['defined X && X > 2', 1n], ['defined(Y) || Y', 0n],
     ['defined S', 1n], ['S', undefined], ['Z', undefined], ['Z && 0', 0n], ['Z || 1', 1n], ['Z || Y', undefined],
     ['F(1)', undefined], ['Z ? 2 : 2', 2n], ['X > 2 ? Y : Z', 0n], ['1 +', undefined], ['(1', undefined],
+    [Array(100_000).fill('1').join(' + '), undefined], ['('.repeat(100_000) + '1' + ')'.repeat(100_000), undefined],
   ];
   for (const [text, value] of cases) assert.equal(evaluate(parseCondition(text), fixed), value, text);
 
