@@ -3,8 +3,8 @@
 // and those nothing defines at all, provided no file the compile may read #defines or #undefs
 // them. `#ifdef __clang__`, `#ifdef CONFIG_X86_32` (with CONFIG_X86_32 set nowhere) or `#if 0`
 // is decided; a condition on anything else is not, and what it guards stays an input. So the
-// include scanner drops headers no compile with these flags can open (a kernel object: ~90 of
-// ~500), and its answer stays a superset of what the preprocessor reads.
+// include scanner drops headers no compile with these flags can open (a kernel object: 86 of
+// 518), and its answer stays a superset of what the preprocessor reads.
 // Pure.
 
 /** A macro's standing for the whole compile: fixed undefined, fixed defined (with an integer value if it has one), or not fixed (undefined). */
@@ -110,9 +110,9 @@ export function certainlySkipped(gates: Gate[], facts: MacroFacts): boolean {
 }
 
 /**
- * Whether a gate can never be judged closed once `known` are out of the question: every leaf of
- * its conditions is such a name (or unknown), so each evaluates to unknown. A file's include
- * guard is this for the file's own #define: whenever the file is read, so is that line.
+ * Whether a gate can never be judged closed while the names in `unknowable` are unknown: every
+ * leaf of its conditions is such a name (or unknown), so each evaluates to unknown. A file's
+ * include guard is this for the file's own #define: whenever the file is read, so is that line.
  */
 export function neverDecided(gate: Gate, unknowable: ReadonlySet<string>): boolean {
   const open = (e: Expr): boolean => {
