@@ -148,12 +148,17 @@ test('the compiled front gives every script the same result as the sh front', as
   }
 });
 
-test('changing a header changes exactly the keys of the objects that include it; --explain names it', () => {
-  fs.appendFileSync(path.join(tree, 'include', 'mini', 'math.h'), '/* changed */\n');
+/** Edits a file of the tree, then cleans and builds again with reapi-cc: the build's stats. */
+function rebuildAfterEditing(rel: string): Record<string, number> {
+  fs.appendFileSync(path.join(tree, rel), '/* changed */\n');
   ok(make('clean'));
   ok(reapiCc('--zero-stats'));
   ok(reapiCc('make', '-j8'));
-  assert.deepEqual(stats(), { hits: 3, misses: 2, remoteRuns: 2, localFallbacks: 0, failures: 0 });
+  return stats();
+}
+
+test('changing a header changes exactly the keys of the objects that include it; --explain names it', () => {
+  assert.deepEqual(rebuildAfterEditing('include/mini/math.h'), { hits: 3, misses: 2, remoteRuns: 2, localFallbacks: 0, failures: 0 });
   for (const object of ['app/main.o', 'lib/math.o']) {
     const explained = ok(reapiCc('--explain', object)).stdout;
     assert.match(explained, /last lookup missed/, explained);
@@ -167,6 +172,11 @@ test('changing a header changes exactly the keys of the objects that include it;
   ok(make('-j8'));
   assert.deepEqual(sums(), remote);
   plainSums = remote;
+});
+
+test('a header behind a disabled option is no input: changing it leaves every object a hit', () => {
+  assert.deepEqual(rebuildAfterEditing('include/mini/debug.h'), { hits: 5, misses: 0, remoteRuns: 0, localFallbacks: 0, failures: 0 });
+  assert.deepEqual(sums(), plainSums);
 });
 
 test("a compile error shows gcc's message, and make fails with the same status as without reapi-cc", () => {
