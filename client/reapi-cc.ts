@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { parseCompileCommand } from './compile-args';
 import { ClientConfig, loadConfig } from './config';
 import { inTree } from './input-discovery';
+import { makefileShell } from './makefile-shell';
 import { ManifestStore } from './manifest-store';
 import { MakeSession } from './session-server';
 import { formatCounters, readCounters, zeroCounters } from './stats';
@@ -103,7 +104,13 @@ async function openRunner(config: ClientConfig) {
 }
 
 async function runMake(config: ClientConfig, opts: Options, makeArgv: string[]): Promise<number> {
-  const root = opts.root ?? process.env.REAPI_CC_ROOT ?? path.resolve(makeDirectory(makeArgv.slice(1)) ?? '.');
+  const makeDir = path.resolve(makeDirectory(makeArgv.slice(1)) ?? '.');
+  const otherShell = makefileShell(makeDir, makeArgv.slice(1));
+  if (otherShell) {
+    process.stderr.write(`reapi-cc: warning: ${otherShell.where} sets SHELL to ${otherShell.value}, not a POSIX sh: make runs as is, nothing cached\n`);
+    return runChild(makeArgv[0], makeArgv.slice(1), process.env);
+  }
+  const root = opts.root ?? process.env.REAPI_CC_ROOT ?? makeDir;
   let opened: ReturnType<typeof openRunner> | undefined;
   const session = await MakeSession.start({
     root,

@@ -9,6 +9,7 @@ import { actionEnvironment } from '../client/config';
 import { parseDepfile } from '../client/depfile';
 import { explainDifference, KeyParts } from '../client/explain';
 import { lineRunnerArgv, withoutNoOpLines } from '../client/line-runner';
+import { otherShellIn } from '../client/makefile-shell';
 import { placeAction } from '../client/object-job';
 import { parseObjectRecipe } from '../client/recipe-parser';
 import { parseEnv } from '../client/session-server';
@@ -149,4 +150,13 @@ test('--explain lists changed inputs first, then command and environment changes
   assert.deepEqual(explainDifference(base, { ...base, inputs: { 'a.c': '1', 'x.h': '3', 'y.h': '4' } }), ['input changed: x.h', 'input added: y.h']);
   assert.deepEqual(explainDifference(base, { ...base, argv: ['gcc', '-O2'], env: {} }), ['command changed', 'environment changed: PATH']);
   assert.deepEqual(explainDifference(base, base), []);
+});
+
+test('a Makefile that sets SHELL to anything but a POSIX sh is found, with where it does', () => {
+  const found = (text: string) => otherShellIn(text, 'Makefile');
+  assert.deepEqual(found('CC := gcc\nSHELL := /bin/bash # for pipefail\nall:\n'), { where: 'Makefile:2', value: '/bin/bash' });
+  assert.deepEqual(found('override SHELL = $(shell command -v bash)\n'), { where: 'Makefile:1', value: '$(shell command -v bash)' });
+  for (const same of ['SHELL = /bin/sh', 'SHELL:=sh', 'export SHELL ?= /usr/bin/dash', 'MYSHELL := bash', 'all:\n\tSHELL=/bin/bash ./configure']) {
+    assert.equal(found(same + '\n'), undefined, same);
+  }
 });

@@ -179,6 +179,18 @@ test('a header behind a disabled option is no input: changing it leaves every ob
   assert.deepEqual(sums(), plainSums);
 });
 
+test('a Makefile that asks for bash runs as plain make, after one warning line', () => {
+  const dir = path.join(tree, 'bash-project');
+  fs.mkdirSync(dir);
+  fs.writeFileSync(path.join(dir, 'Makefile'), 'SHELL := /bin/bash\nall:\n\t@[[ -n "$$BASH_VERSION" ]] && echo bash\n');
+  const r = ok(reapiCc('make', '-C', dir, '--no-print-directory'));
+  assert.equal(r.stdout, 'bash\n');
+  assert.deepEqual(r.stderr.split('\n').filter(Boolean), [
+    'reapi-cc: warning: Makefile:1 sets SHELL to /bin/bash, not a POSIX sh: make runs as is, nothing cached',
+  ]);
+  fs.rmSync(dir, { recursive: true });
+});
+
 test("a compile error shows gcc's message, and make fails with the same status as without reapi-cc", () => {
   const source = path.join(tree, 'lib', 'math.c');
   const good = fs.readFileSync(source, 'utf8');
