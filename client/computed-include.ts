@@ -46,18 +46,20 @@ export function parseDefinitions(text: string): MacroDefinition[] {
 export function commandLineDefinitions(args: string[]): MacroDefinition[] {
   const found: MacroDefinition[] = [];
   for (let i = 0; i < args.length; i++) {
-    let value: string | undefined;
-    if (args[i] === '-D') value = args[++i];
-    else if (args[i].startsWith('-D')) value = args[i].slice(2);
-    if (value === undefined) continue;
-    const eq = value.indexOf('=');
-    const head = eq < 0 ? value : value.slice(0, eq);
-    const body = eq < 0 ? '1' : value.slice(eq + 1);
-    const fn = /^([A-Za-z_]\w*)\(([^)]*)\)$/.exec(head);
-    if (fn) found.push({ name: fn[1], params: fn[2].split(',').map((p) => p.trim()).filter((p) => p !== ''), body });
-    else found.push({ name: head, body });
+    if (args[i] === '-D') found.push(defineOption(args[++i] ?? ''));
+    else if (args[i].startsWith('-D')) found.push(defineOption(args[i].slice(2)));
   }
   return found;
+}
+
+/** The definition one -D option makes: `X`, `X=body` or `F(a,b)=body`. */
+export function defineOption(value: string): MacroDefinition {
+  const eq = value.indexOf('=');
+  const head = eq < 0 ? value : value.slice(0, eq);
+  const body = eq < 0 ? '1' : value.slice(eq + 1);
+  const fn = /^([A-Za-z_]\w*)\(([^)]*)\)$/.exec(head);
+  if (fn) return { name: fn[1], params: fn[2].split(',').map((p) => p.trim()).filter((p) => p !== ''), body };
+  return { name: head, body };
 }
 
 /**

@@ -18,7 +18,7 @@ import { spawn } from 'node:child_process';
 import { Dirent, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { CompileCommand } from './compile-args';
-import { commandLineDefinitions, computedHeaderNames, HeaderName, MacroDefinition, parseDefinitions } from './computed-include';
+import { commandLineDefinitions, computedHeaderNames, defineOption, HeaderName, MacroDefinition, parseDefinitions } from './computed-include';
 import { certainlySkipped, conditionalLines, Gate, integerValue, MacroFact, MacroFacts, neverDecided } from './include-conditions';
 import { DigestCache, FileDigest, RACY_WINDOW_MS } from './digest-cache';
 
@@ -218,11 +218,8 @@ export class IncludeScanner {
       if (a === '-D' || a === '-U') a += args[++i] ?? '';
       if (a.startsWith('-U')) commandLine.set(a.slice(2), { defined: false });
       else if (a.startsWith('-D')) {
-        const eq = a.indexOf('=');
-        const head = eq < 0 ? a.slice(2) : a.slice(2, eq);
-        const name = /^[A-Za-z_]\w*/.exec(head)?.[0] ?? '';
-        const value = head.length === name.length ? integerValue(eq < 0 ? '1' : a.slice(eq + 1)) : undefined;
-        commandLine.set(name, { defined: true, value });
+        const d = defineOption(a.slice(2));
+        commandLine.set(d.name, { defined: true, value: d.params ? undefined : integerValue(d.body) });
       }
     }
     const memo = new Map<string, MacroFact | undefined>();
@@ -488,7 +485,7 @@ function parseFile(file: string): { directives: Directive[] | { unsure: string }
     }
   }
   // Anywhere else (outside a directive, or split oddly): followed whatever the conditionals say.
-  if (Array.from(joined.matchAll(HAS_INCLUDE)).length !== judged) {
+  if (joined.includes('__has_include') && Array.from(joined.matchAll(HAS_INCLUDE)).length !== judged) {
     const unsure = hasInclude(joined, undefined);
     if (unsure) return { directives: unsure, defines };
   }
