@@ -40,10 +40,23 @@ interface SearchPath {
   bracket: string[];
 }
 
+/** Adds `file` to the walk unless it was reached before. */
+function reach(file: string, found: Set<string>, pending: string[]): void {
+  if (found.has(file)) return;
+  found.add(file);
+  pending.push(file);
+}
+
 /** An include, or a __has_include operand; `next` for the _next forms, which search on past the first match. */
-type Directive = (HeaderName & { next?: boolean } | { computed: string }) & {
+type Directive = (HeaderDirective | { computed: string }) & {
   /** The branches it is inside, when the file's conditionals could be followed. */
   gates?: Gate[];
+};
+
+type HeaderDirective = HeaderName & {
+  next?: boolean;
+  /** Where it led, by search path: the shared resolution, checked once per scan for all its users. */
+  resolved?: Map<number, Resolution>;
 };
 
 interface ParsedFile {
@@ -68,8 +81,22 @@ interface Resolution {
   listings: Listing[];
   stamps: string[];
   files: string[];
+  /** The first of `files`: what a plain #include opens. */
+  first: string[];
   /** The scan that last found the listings unchanged. */
   checkedIn: number;
+  /** A listing changed since: never valid again (stamps do not come back). */
+  stale: boolean;
+  /** False when a symlink decided it: a link can change where it points without its directory changing. */
+  remembered: boolean;
+}
+
+/** One scan's view: its search path, and where its computed includes led. */
+interface ScanContext {
+  search: SearchPath;
+  computedFiles: Map<string, Set<string>>;
+  /** Set for the second walk: directives in branches these rule out are not followed. */
+  facts?: MacroFacts;
 }
 
 /** Options that decide where the compiler looks for headers: asked of the compiler with them. */
@@ -128,27 +155,12 @@ export class IncludeScanner {
     }
     // GCC on glibc reads stdc-predef.h before anything else, wherever it is on the system path.
     if (!args.includes('-nostdinc')) roots.push(...this.matches(`b${search.id}\0stdc-predef.h`, 'stdc-predef.h', () => search.bracket).slice(0, 1));
-    const resolve = (dir: string, d: HeaderName & { next?: boolean }): string[] => {
-      const files = d.quoted
-        ? this.matches(`q${search.id}\0${dir}\0${d.name}`, d.name, () => [dir, ...search.quote, ...search.bracket])
-        : this.matches(`b${search.id}\0${d.name}`, d.name, () => search.bracket);
-      // The compiler opens the first; #include_next goes on from where the including file was found.
-      return d.next ? files : files.slice(0, 1);
-    };
     // Computed includes wait until every file is found: their macros may be defined anywhere.
     const computed = new Map<string, { file: string; expression: string }>();
-    const computedFiles = new Map<string, Set<string>>();
-    // What each directive led to, for the second walk (a directive object belongs to one file).
-    const resolved = new Map<Directive, string[]>();
-    const follow = (dir: string, d: Directive) => {
-      if ('computed' in d) return [...(computedFiles.get(`${dir}\0${d.computed}`) ?? [])];
-      let files = resolved.get(d);
-      if (!files) resolved.set(d, (files = resolve(dir, d)));
-      return files;
-    };
+    const ctx: ScanContext = { search, computedFiles: new Map() };
     const found = new Set<string>();
     for (let next = roots; next.length > 0; ) {
-      const walked = this.walk(next, follow, found, computed);
+      const walked = this.walk(next, ctx, found, computed);
       if (walked) return { complete: false, reason: walked.unsure };
       if (computed.size === 0) break;
       const definitions = this.definitionsIn([...found], args);
@@ -159,51 +171,59 @@ export class IncludeScanner {
         // Names that exist nowhere are dropped, as for a plain #include: such an include is dead
         // code (the kernel's define_trace.h without CREATE_TRACE_POINTS), or the compile fails
         // remotely and runs again with the preprocessor's list.
-        const files = computedFiles.get(key) ?? new Set<string>();
-        computedFiles.set(key, files);
-        for (const name of names) for (const f of resolve(path.dirname(file), name)) files.add(f);
+        const files = ctx.computedFiles.get(key) ?? new Set<string>();
+        ctx.computedFiles.set(key, files);
+        for (const name of names) for (const f of this.resolveHeader(search, path.dirname(file), name)) files.add(f);
         // Files found just now may define the macros differently: once more until nothing is new.
         for (const f of files) if (!found.has(f)) next.push(f);
       }
     }
     if (!predefined) return { complete: true, files: [...found], digests: this.digestsSeen };
 
-    const facts = this.factsFor(found, predefined, args);
+    ctx.facts = this.factsFor(found, predefined, args);
     const reached = new Set<string>();
-    this.walk(roots, (dir, d) => (d.gates && certainlySkipped(d.gates, facts) ? [] : follow(dir, d)), reached, new Map());
+    this.walk(roots, ctx, reached, new Map());
     return { complete: true, files: [...reached], digests: this.digestsSeen };
   }
 
   /**
-   * Adds to `found` every file reached from `roots` through the files `follow` gives for each
-   * directive (files already found are not walked again), and to `computed` the computed
-   * includes met, by directory and expression. A file that cannot be scanned ends the walk.
+   * Adds to `found` every file reached from `roots` (files already found are not walked again),
+   * and to `computed` the computed includes met, by directory and expression. A file that cannot
+   * be scanned ends the walk. Methods, not closures made per scan: V8 then optimizes them once.
    */
-  private walk(
-    roots: string[],
-    follow: (dir: string, d: Directive) => string[],
-    found: Set<string>,
-    computed: Map<string, { file: string; expression: string }>,
-  ): { unsure: string } | undefined {
+  private walk(roots: string[], ctx: ScanContext, found: Set<string>, computed: Map<string, { file: string; expression: string }>): { unsure: string } | undefined {
     const pending: string[] = [];
-    const reach = (file: string) => {
-      if (!found.has(file)) {
-        found.add(file);
-        pending.push(file);
-      }
-    };
-    roots.forEach(reach);
+    for (const root of roots) reach(root, found, pending);
     while (pending.length > 0) {
       const file = pending.pop()!;
       const parsed = this.directivesOf(file);
       if ('unsure' in parsed) return { unsure: `${file}: ${parsed.unsure}` };
       const dir = path.dirname(file);
       for (const d of parsed) {
-        if ('computed' in d) computed.set(`${dir}\0${d.computed}`, { file, expression: d.computed });
-        follow(dir, d).forEach(reach);
+        if (ctx.facts && d.gates && certainlySkipped(d.gates, ctx.facts)) continue;
+        if ('computed' in d) {
+          const key = `${dir}\0${d.computed}`;
+          computed.set(key, { file, expression: d.computed });
+          for (const f of ctx.computedFiles.get(key) ?? []) reach(f, found, pending);
+        } else {
+          for (const f of this.resolveHeader(ctx.search, dir, d)) reach(f, found, pending);
+        }
       }
     }
     return undefined;
+  }
+
+  /** Where a header directive in `dir` leads along `search`; the directive keeps the answer. */
+  private resolveHeader(search: SearchPath, dir: string, d: HeaderDirective): string[] {
+    let r = d.resolved?.get(search.id);
+    if (!r || !this.current(r)) {
+      r = d.quoted
+        ? this.resolution(`q${search.id}\0${dir}\0${d.name}`, d.name, () => [dir, ...search.quote, ...search.bracket])
+        : this.resolution(`b${search.id}\0${d.name}`, d.name, () => search.bracket);
+      if (r.remembered) (d.resolved ??= new Map()).set(search.id, r);
+    }
+    // The compiler opens the first; #include_next goes on from where the including file was found.
+    return d.next ? r.files : r.first;
   }
 
   /**
@@ -267,13 +287,15 @@ export class IncludeScanner {
     return definitions;
   }
 
-  /** Every existing file `name` names along the directories (an absolute name: itself); `key` names the question. */
+  /** Every existing file `name` names along the directories (an absolute name: itself). */
   private matches(key: string, name: string, dirs: () => string[]): string[] {
+    return this.resolution(key, name, dirs).files;
+  }
+
+  /** Where `name` leads along the directories, remembered under `key` (which names the question). */
+  private resolution(key: string, name: string, dirs: () => string[]): Resolution {
     const known = this.resolutions.get(key);
-    if (known && (known.checkedIn === this.generation || known.listings.every((l, i) => this.fresh(l) === known.stamps[i]))) {
-      known.checkedIn = this.generation;
-      return known.files;
-    }
+    if (known && this.current(known)) return known;
     const candidates = path.isAbsolute(name) ? [name] : dirs().map((dir) => path.join(dir, name));
     const listings = candidates.map((c) => this.listing(path.dirname(c)));
     const files: string[] = [];
@@ -287,8 +309,21 @@ export class IncludeScanner {
       linked = true;
       if (statSync(candidate, { throwIfNoEntry: false })?.isFile()) files.push(candidate);
     });
-    if (!linked) this.resolutions.set(key, { listings, stamps: listings.map((l) => l.stamp), files, checkedIn: this.generation });
-    return files;
+    const r: Resolution = { listings, stamps: listings.map((l) => l.stamp), files, first: files.slice(0, 1), checkedIn: this.generation, stale: false, remembered: !linked };
+    if (r.remembered) this.resolutions.set(key, r);
+    return r;
+  }
+
+  /** Whether a remembered resolution still holds: checked against its directories once per scan. */
+  private current(r: Resolution): boolean {
+    if (r.stale) return false;
+    if (r.checkedIn === this.generation) return true;
+    if (!r.listings.every((l, i) => this.fresh(l) === r.stamps[i])) {
+      r.stale = true;
+      return false;
+    }
+    r.checkedIn = this.generation;
+    return true;
   }
 
   /** A directory's cached listing, checked against the disk once per scan. */
@@ -328,6 +363,8 @@ export class IncludeScanner {
     const digest = this.digests?.known(file);
     if (digest) this.digestsSeen.set(file, digest);
     const stamp = digest ? `sha256:${digest.hash}` : stampOf(file);
+    // Parsed before the digest cache knew the file: the same stat means the same text.
+    if (parsed && digest && parsed.stamp !== stamp && !parsed.stamp.startsWith('sha256:') && stampOf(file) === parsed.stamp) parsed.stamp = stamp;
     if (!parsed || parsed.stamp !== stamp) {
       for (const name of parsed?.defines ?? []) this.definers.get(name)?.delete(file);
       parsed = { stamp, checkedIn: this.generation, ...parseFile(file) };
