@@ -37,6 +37,14 @@ export interface FileCacheStats {
 interface Entry {
   sizeBytes: number;
   pins: number;
+  /** The file's inode: an input root still holding it is known unchanged without a stat of the cache file. */
+  identity: FileIdentity;
+}
+
+/** Which inode a cache file is. */
+export interface FileIdentity {
+  ino: number;
+  dev: number;
 }
 
 const CACHE_FILE_NAME = /^([0-9a-f]{64})-(\d+)(\.x)?$/;
@@ -105,6 +113,13 @@ export class FileCache {
     return this.pathOf(digest, executable);
   }
 
+  /** The inode of a file the caller has pinned (ensure() or pinIfPresent()). */
+  identityOf(digest: Digest, executable: boolean): FileIdentity {
+    const entry = this.entries.get(fileName(digest, executable));
+    if (!entry || entry.pins === 0) throw new Error(`file cache: identity of ${fileName(digest, executable)}, which is not pinned`);
+    return entry.identity;
+  }
+
   unpin(digest: Digest, executable: boolean): void {
     const name = fileName(digest, executable);
     const entry = this.entries.get(name);
@@ -134,7 +149,7 @@ export class FileCache {
     await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
     await fs.rm(this.tmpDir, { recursive: true, force: true }); // fetches a crash interrupted
     await fs.mkdir(this.tmpDir);
-    const found: { name: string; sizeBytes: number; mtimeMs: number }[] = [];
+    const found: { name: string; sizeBytes: number; mtimeMs: number; identity: FileIdentity }[] = [];
     for (const shard of await fs.readdir(this.dir)) {
       if (!/^[0-9a-f]{2}$/.test(shard)) continue;
       const shardDir = path.join(this.dir, shard);
@@ -146,7 +161,7 @@ export class FileCache {
         // Files are renamed into place only once complete and verified, so a name whose size and
         // mode match is trusted; anything else is debris and goes.
         if (match && match[1].startsWith(shard) && st.isFile() && st.size === Number(match[2]) && (st.mode & 0o7777) === expectedMode) {
-          found.push({ name, sizeBytes: st.size, mtimeMs: st.mtimeMs });
+          found.push({ name, sizeBytes: st.size, mtimeMs: st.mtimeMs, identity: { ino: st.ino, dev: st.dev } });
         } else {
           await fs.rm(file, { recursive: true, force: true });
         }
@@ -155,7 +170,7 @@ export class FileCache {
     // Oldest fetch first approximates least recently used for files from an earlier run.
     found.sort((a, b) => a.mtimeMs - b.mtimeMs);
     for (const f of found) {
-      this.entries.set(f.name, { sizeBytes: f.sizeBytes, pins: 0 });
+      this.entries.set(f.name, { sizeBytes: f.sizeBytes, pins: 0, identity: f.identity });
       this.totalBytes += f.sizeBytes;
     }
     this.evict();
@@ -165,6 +180,7 @@ export class FileCache {
     await this.removing.get(name);
     const tmp = tempPath(this.tmpDir, digest.hash);
     let linked = false;
+    let identity: FileIdentity;
     try {
       const otherName = fileName(digest, !executable);
       const other = this.entries.get(otherName);
@@ -193,12 +209,14 @@ export class FileCache {
         if (!linked) await verifyFileContent(tmp, digest);
       }
       if (!linked) await fs.chmod(tmp, executable ? 0o555 : 0o444);
+      const st = await fs.lstat(tmp);
+      identity = { ino: st.ino, dev: st.dev };
       renameIntoPlace(tmp, this.pathOf(digest, executable));
     } catch (err) {
       await fs.rm(tmp, { force: true });
       throw err;
     }
-    this.entries.set(name, { sizeBytes: digest.sizeBytes, pins: 1 });
+    this.entries.set(name, { sizeBytes: digest.sizeBytes, pins: 1, identity });
     this.totalBytes += digest.sizeBytes;
     this.evict();
   }

@@ -327,7 +327,9 @@ function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string
     gid: opts.gid,
     umaskTakesBits: (processUmask() & DIRECTORY_MODE) !== 0,
     directories: plan.directories,
-    files: encodeFiles(plan.files.map((f) => ({ path: f.path, source: cacheFiles.get(variantKey(f))!, executable: f.isExecutable }))),
+    files: encodeFiles(
+      plan.files.map((f) => ({ path: f.path, source: cacheFiles.get(variantKey(f))!, executable: f.isExecutable, ...opts.cache.identityOf(f.digest, f.isExecutable) })),
+    ),
     symlinks: plan.symlinks,
   });
 }

@@ -5,12 +5,12 @@
 import { parentPort } from 'node:worker_threads';
 import {
   chmodSync, chownSync, constants, copyFileSync, Dirent, lchownSync, linkSync, lstatSync, mkdirSync, readdirSync, readlinkSync, rmdirSync,
-  statSync, symlinkSync, unlinkSync,
+  symlinkSync, unlinkSync,
 } from 'node:fs';
 import * as path from 'node:path';
 import { decodeFiles, DIRECTORY_MODE, SyncTreeJob, TreeJob } from './tree-ops';
 
-type Want = { kind: 'dir' } | { kind: 'file'; source: string; executable: boolean } | { kind: 'symlink'; target: string };
+type Want = { kind: 'dir' } | { kind: 'file'; source: string; executable: boolean; ino: number; dev: number } | { kind: 'symlink'; target: string };
 
 parentPort!.on('message', (job: TreeJob & { id: number }) => {
   try {
@@ -42,7 +42,7 @@ function syncTree(job: SyncTreeJob): void {
     entriesOf(d).set(path.posix.basename(d), { kind: 'dir' });
     if (!wanted.has(d)) wanted.set(d, new Map());
   }
-  for (const f of decodeFiles(job.files)) entriesOf(f.path).set(path.posix.basename(f.path), { kind: 'file', source: f.source, executable: f.executable });
+  for (const f of decodeFiles(job.files)) entriesOf(f.path).set(path.posix.basename(f.path), { kind: 'file', source: f.source, executable: f.executable, ino: f.ino, dev: f.dev });
   for (const l of job.symlinks) entriesOf(l.path).set(path.posix.basename(l.path), { kind: 'symlink', target: l.target });
 
   let existed = true;
@@ -100,10 +100,10 @@ function keep(job: SyncTreeJob, w: Want, entry: Dirent, at: string): boolean {
     return true;
   }
   // The cache's inode itself: root's and read-only, so the action could not have changed it.
+  // (The cache file is pinned, so that inode is alive and its number cannot belong to another.)
   if (!entry.isFile()) return false;
   const here = lstatSync(at);
-  const source = statSync(w.source);
-  return here.ino === source.ino && here.dev === source.dev;
+  return here.ino === w.ino && here.dev === w.dev;
 }
 
 /**

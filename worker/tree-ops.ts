@@ -29,18 +29,23 @@ export interface PlannedFile {
   /** The cache file to link. */
   source: string;
   executable: boolean;
+  /** The cache file's inode (pinned, so current): an entry that is this inode is kept. */
+  ino: number;
+  dev: number;
 }
 
 /** NUL separates fields: the one byte no path can hold. */
 export function encodeFiles(files: PlannedFile[]): string {
-  return files.map((f) => `${f.path}\0${f.source}\0${f.executable ? 'x' : '-'}`).join('\0');
+  return files.map((f) => `${f.path}\0${f.source}\0${f.executable ? 'x' : '-'}\0${f.ino}\0${f.dev}`).join('\0');
 }
 
 export function decodeFiles(encoded: string): PlannedFile[] {
   if (encoded === '') return [];
   const fields = encoded.split('\0');
   const files: PlannedFile[] = [];
-  for (let i = 0; i < fields.length; i += 3) files.push({ path: fields[i], source: fields[i + 1], executable: fields[i + 2] === 'x' });
+  for (let i = 0; i < fields.length; i += 5) {
+    files.push({ path: fields[i], source: fields[i + 1], executable: fields[i + 2] === 'x', ino: Number(fields[i + 3]), dev: Number(fields[i + 4]) });
+  }
   return files;
 }
 
