@@ -49,8 +49,9 @@ export type Discovery =
 /** Headers outside the tree that the toolchain image provides itself. */
 const SYSTEM_PREFIXES = ['/usr/', '/lib/', '/lib64/', '/etc/'];
 
-export function digestString(d: FileDigest): string {
-  return `${d.hash}/${d.sizeBytes}${d.executable ? '+x' : ''}`;
+/** How a manifest records a file: its hash and size, and +x when executable. */
+export function digestString(d: { hash: string; sizeBytes: number }, executable: boolean): string {
+  return `${d.hash}/${d.sizeBytes}${executable ? '+x' : ''}`;
 }
 
 export async function discoverInputs(req: DiscoveryRequest): Promise<Discovery> {
@@ -155,7 +156,7 @@ async function unchanged(root: string, recorded: Record<string, string>, digests
   for (const rel in recorded) {
     const abs = path.join(root, rel);
     const now = digests.known(abs) ?? (await digests.digest(abs));
-    if (!now || digestString(now) !== recorded[rel]) return false;
+    if (!now || digestString(now, now.executable) !== recorded[rel]) return false;
   }
   return true;
 }

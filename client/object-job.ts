@@ -241,7 +241,7 @@ async function missingInputSymptom(result: Result, executor: RemoteExecutor): Pr
  */
 function inputRecord(inputs: InputFile[]): Record<string, string> {
   const record = Object.create(null) as Record<string, string>;
-  for (const f of inputs) record[f.path] = digestString({ ...f.digest, executable: f.executable });
+  for (const f of inputs) record[f.path] = digestString(f.digest, f.executable);
   return record;
 }
 
