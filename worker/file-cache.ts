@@ -69,7 +69,8 @@ export class FileCache {
 
   /** Where the file for this content and mode lives (present only after ensure()). */
   pathOf(digest: Digest, executable: boolean): string {
-    return path.join(this.dir, digest.hash.slice(0, 2), fileName(digest, executable));
+    // Joined by hand: asked for every input of every action, and `dir` is already resolved.
+    return `${this.dir}/${digest.hash.slice(0, 2)}/${fileName(digest, executable)}`;
   }
 
   /**
