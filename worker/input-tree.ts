@@ -16,7 +16,7 @@ import { failedPrecondition, invalidArgument, resourceExhausted } from '../serve
 import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
-import { FileCache } from './file-cache';
+import { FileCache, FileIdentity } from './file-cache';
 import { paced } from './paced-fs';
 import { DIRECTORY_MODE, encodeFiles, runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
@@ -169,32 +169,31 @@ function variantKey(file: CacheVariant): string {
   return `${digestKey(file.digest)}${file.isExecutable ? '.x' : ''}`;
 }
 
+/** A pinned cache file: where it is, and which inode (see tree-ops-thread.ts keep()). */
+type CacheFile = { source: string } & FileIdentity;
+
 /**
  * The cache file for every distinct (content, mode) among the files, fetched where missing,
  * FETCH_CONCURRENCY at a time; each is pinned and recorded in `pinned`. On a failure the call
  * still waits for every ensure() it started, so `pinned` is complete when it throws.
  */
-async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], pinned: CacheVariant[]): Promise<Map<string, string>> {
+async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], pinned: CacheVariant[]): Promise<Map<string, CacheFile>> {
   const variants = new Map<string, CacheVariant>();
   for (const file of files) variants.set(variantKey(file), file);
   const limit = limiter(FETCH_CONCURRENCY);
-  const paths = new Map<string, string>();
+  const cacheFiles = new Map<string, CacheFile>();
+  const pinnedAt = (key: string, file: CacheVariant, source: string) => {
+    pinned.push(file);
+    cacheFiles.set(key, { source, ...opts.cache.identityOf(file.digest, file.isExecutable) });
+  };
   for (const [key, file] of variants) {
     const present = opts.cache.pinIfPresent(file.digest, file.isExecutable);
     if (!present) continue;
-    paths.set(key, present);
-    pinned.push(file);
+    pinnedAt(key, file, present);
     variants.delete(key);
   }
-  await settleAll(
-    [...variants].map(([key, file]) =>
-      limit(async () => {
-        paths.set(key, await opts.cache.ensure(opts.instanceName, file.digest, file.isExecutable));
-        pinned.push(file);
-      }),
-    ),
-  );
-  return paths;
+  await settleAll([...variants].map(([key, file]) => limit(async () => pinnedAt(key, file, await opts.cache.ensure(opts.instanceName, file.digest, file.isExecutable)))));
+  return cacheFiles;
 }
 
 /** Like Promise.all, but rejects (with the first failure) only once every task has settled: nothing runs on after it. */
@@ -319,7 +318,7 @@ function addExtraDirectories(plan: Plan, extra: string[]): void {
  * reconciled with what the root already holds (a container's own input root keeps the last
  * action's tree, and consecutive actions share most of their inputs).
  */
-function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string, string>): Promise<void> {
+function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string, CacheFile>): Promise<void> {
   return runTreeJob({
     op: 'sync',
     root: opts.dest,
@@ -327,9 +326,7 @@ function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string
     gid: opts.gid,
     umaskTakesBits: (processUmask() & DIRECTORY_MODE) !== 0,
     directories: plan.directories,
-    files: encodeFiles(
-      plan.files.map((f) => ({ path: f.path, source: cacheFiles.get(variantKey(f))!, executable: f.isExecutable, ...opts.cache.identityOf(f.digest, f.isExecutable) })),
-    ),
+    files: encodeFiles(plan.files.map((f) => ({ path: f.path, executable: f.isExecutable, ...cacheFiles.get(variantKey(f))! }))),
     symlinks: plan.symlinks,
   });
 }
