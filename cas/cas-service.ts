@@ -26,7 +26,7 @@ export class CasService {
   async findMissingBlobs(req: rex.FindMissingBlobsRequest): Promise<rex.FindMissingBlobsResponse.$Properties> {
     requireSha256(req.digestFunction);
     const instance = validateInstanceName(req.instanceName);
-    const digests = req.blobDigests.map((d, i) => validateDigest(d, `blob_digests[${i}]`));
+    const digests = req.blobDigests.map((d, i) => validateDigest(d, () => `blob_digests[${i}]`));
     // A blob this server would refuse to store can never be uploaded: say so instead of "missing".
     digests.forEach((d, i) => checkBlobSize(d, this.limits.maxBlobBytes, `blob_digests[${i}]`));
     return { missingBlobDigests: await this.storage.cas(instance).findMissing(digests) };
@@ -44,7 +44,7 @@ export class CasService {
       req.requests.map(async (r, i) => {
         const digest = r.digest ?? undefined;
         try {
-          const d = validateDigest(r.digest, `requests[${i}].digest`);
+          const d = validateDigest(r.digest, () => `requests[${i}].digest`);
           checkBlobSize(d, this.limits.maxBlobBytes, `requests[${i}].digest`);
           await cas.put(d, decodeBatchData(d, Buffer.from(r.data ?? []), r.compressor ?? 0));
           return { digest, status: { code: status.OK } };
@@ -60,7 +60,7 @@ export class CasService {
   async batchReadBlobs(req: rex.BatchReadBlobsRequest): Promise<rex.BatchReadBlobsResponse.$Properties> {
     requireSha256(req.digestFunction);
     const instance = validateInstanceName(req.instanceName);
-    const digests = req.digests.map((d, i) => validateDigest(d, `digests[${i}]`));
+    const digests = req.digests.map((d, i) => validateDigest(d, () => `digests[${i}]`));
     const total = digests.reduce((sum, d) => sum + d.sizeBytes, 0);
     if (total > MAX_BATCH_TOTAL_BYTES) {
       throw invalidArgument(`BatchReadBlobs asks for ${total} bytes, over the ${MAX_BATCH_TOTAL_BYTES}-byte limit; read large blobs with ByteStream.Read`);

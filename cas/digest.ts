@@ -27,20 +27,25 @@ export function digestKey(d: Digest): string {
  * Checks a digest as it arrives from a client and returns it normalized. Rejects what could
  * never name a SHA-256 blob: wrong hash length or alphabet, negative, fractional or absurd sizes.
  */
-export function validateDigest(d: { hash?: string | null; sizeBytes?: number | null } | null | undefined, what = 'digest'): Digest {
-  if (!d) throw invalidArgument(`${what} is missing`);
+export function validateDigest(d: { hash?: string | null; sizeBytes?: number | null } | null | undefined, describe: string | (() => string) = 'digest'): Digest {
+  if (!d) throw invalidArgument(`${label(describe)} is missing`);
   const hash = d.hash ?? '';
   const sizeBytes = d.sizeBytes ?? 0;
   if (!SHA256_HEX.test(hash)) {
-    throw invalidArgument(`${what} ${JSON.stringify(hash)}/${sizeBytes}: hash must be 64 lower-case hex digits (SHA-256)`);
+    throw invalidArgument(`${label(describe)} ${JSON.stringify(hash)}/${sizeBytes}: hash must be 64 lower-case hex digits (SHA-256)`);
   }
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
-    throw invalidArgument(`${what} ${hash}/${sizeBytes}: size_bytes must be a non-negative integer`);
+    throw invalidArgument(`${label(describe)} ${hash}/${sizeBytes}: size_bytes must be a non-negative integer`);
   }
   if (sizeBytes === 0 && hash !== SHA256_EMPTY) {
-    throw invalidArgument(`${what} ${hash}/0: a zero-length blob must have the SHA-256 of the empty string`);
+    throw invalidArgument(`${label(describe)} ${hash}/0: a zero-length blob must have the SHA-256 of the empty string`);
   }
   return { hash, sizeBytes };
+}
+
+/** What a digest is, for an error message: given, or built only when one is needed. */
+function label(describe: string | (() => string)): string {
+  return typeof describe === 'string' ? describe : describe();
 }
 
 /** Verifies that data matches the digest the client claimed for it. */

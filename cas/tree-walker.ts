@@ -60,7 +60,7 @@ export class TreeWalker {
         const directory = decodeDirectory(digest, blob);
         order.push({ digest, directory, size: blob.length });
         directory.directories.forEach((node, j) => {
-          const child = validateDigest(node.digest, `directory ${digestKey(digest)} entry ${j} (${node.name})`);
+          const child = validateDigest(node.digest, () => `directory ${digestKey(digest)} entry ${j} (${node.name})`);
           const key = digestKey(child);
           if (!seen.has(key)) {
             seen.add(key);

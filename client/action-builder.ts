@@ -2,6 +2,7 @@
 // Pure: digests in, encoded blobs out.
 import { createHash } from 'node:crypto';
 import { rex } from '../apis';
+import { compareUtf8 } from '../apis/name-order';
 
 export interface Digest {
   hash: string;
@@ -76,9 +77,8 @@ export function buildInputRoot(inputs: InputFile[]): { root: Digest; directories
   return { root, directories };
 }
 
-/** REAPI wants names sorted by their UTF-8 bytes; for ASCII paths that is plain comparison. */
 function byName<T>(a: [string, T], b: [string, T]): number {
-  return Buffer.compare(Buffer.from(a[0]), Buffer.from(b[0]));
+  return compareUtf8(a[0], b[0]);
 }
 
 export function buildAction(spec: ActionSpec): BuiltAction {

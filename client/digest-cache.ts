@@ -1,7 +1,9 @@
 // File digests remembered across runs: (path, size, mtime, inode, mode) -> SHA-256, so a warm
 // rebuild stats its inputs instead of reading them. Like ccache's and git's index, a file
 // modified within the last couple of seconds is hashed but not remembered: a later write in the
-// same mtime tick would otherwise go unnoticed.
+// same mtime tick would otherwise go unnoticed. That window is also why mtime is kept as
+// milliseconds (a double, exact to a fraction of a microsecond) rather than nanoseconds: stat
+// calls are the cost of a warm check, and one with BigInt fields costs half as much again.
 import { createHash } from 'node:crypto';
 import { promises as fs, statSync } from 'node:fs';
 import * as path from 'node:path';
@@ -15,7 +17,7 @@ export interface FileDigest {
 
 interface Entry {
   size: number;
-  mtimeNs: string;
+  mtimeMs: number;
   ino: number;
   mode: number;
   hash: string;
@@ -53,16 +55,14 @@ export class DigestCache {
   known(absPath: string): FileDigest | undefined {
     const known = this.entries.get(absPath);
     if (!known) return undefined;
-    let st: { size: bigint; mtimeNs: bigint; ino: bigint; mode: bigint } | undefined;
+    let st: { size: number; mtimeMs: number; ino: number; mode: number } | undefined;
     try {
-      st = statSync(absPath, { bigint: true, throwIfNoEntry: false });
+      st = statSync(absPath, { throwIfNoEntry: false });
     } catch {
       return undefined;
     }
-    if (!st || Number(st.size) !== known.size || String(st.mtimeNs) !== known.mtimeNs || Number(st.ino) !== known.ino || Number(st.mode) !== known.mode) {
-      return undefined;
-    }
-    if ((Number(st.mode) & 0o170000) !== 0o100000) return undefined;
+    if (!st || st.size !== known.size || st.mtimeMs !== known.mtimeMs || st.ino !== known.ino || st.mode !== known.mode) return undefined;
+    if ((st.mode & 0o170000) !== 0o100000) return undefined;
     return { hash: known.hash, sizeBytes: known.size, executable: (known.mode & 0o111) !== 0 };
   }
 
@@ -72,19 +72,16 @@ export class DigestCache {
     if (cached) return cached;
     // Synchronous, like known(): most calls here are for words of a recipe that are no file at
     // all, and a failed stat through the thread pool costs a rejected promise as well.
-    const st = statSync(absPath, { bigint: true, throwIfNoEntry: false });
+    const st = statSync(absPath, { throwIfNoEntry: false });
     if (!st || !st.isFile()) return undefined;
-    const size = Number(st.size);
-    const mtimeNs = String(st.mtimeNs);
-    const ino = Number(st.ino);
-    const mode = Number(st.mode);
+    const { size, mtimeMs, ino, mode } = st;
     const executable = (mode & 0o111) !== 0;
     // A file too new to be remembered (a tool just rebuilt, say) is asked for by many objects
     // at once: one read serves all callers that see it unchanged meanwhile.
-    const identity = `${size}/${mtimeNs}/${st.ctimeNs}/${ino}/${mode}`;
+    const identity = `${size}/${mtimeMs}/${st.ctimeMs}/${ino}/${mode}`;
     const pending = this.hashing.get(absPath);
     if (pending && pending.identity === identity) return pending.result;
-    const result = this.hash(absPath, { size, mtimeNs, ino, mode }, executable).finally(() => {
+    const result = this.hash(absPath, { size, mtimeMs, ino, mode }, executable).finally(() => {
       if (this.hashing.get(absPath)?.result === result) this.hashing.delete(absPath);
     });
     this.hashing.set(absPath, { identity, result });
@@ -102,8 +99,7 @@ export class DigestCache {
     }
     this.hashedBytes += data.length;
     const hash = createHash('sha256').update(data).digest('hex');
-    const mtimeMs = Number(BigInt(stat.mtimeNs) / 1_000_000n);
-    if (Date.now() - mtimeMs > RACY_WINDOW_MS && data.length === stat.size) {
+    if (Date.now() - stat.mtimeMs > RACY_WINDOW_MS && data.length === stat.size) {
       this.entries.set(absPath, { ...stat, hash });
       this.dirty = true;
     } else {

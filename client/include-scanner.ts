@@ -47,17 +47,27 @@ function reach(file: string, found: Set<string>, pending: string[]): void {
   pending.push(file);
 }
 
-/** An include, or a __has_include operand; `next` for the _next forms, which search on past the first match. */
-type Directive = (HeaderDirective | { computed: string }) & {
+/**
+ * An include, or a __has_include operand; `next` for the _next forms, which search on past the
+ * first match. Every directive has every field (see directive()): the walk reads them for
+ * thousands of directives per scan, and one object shape keeps those reads monomorphic.
+ */
+interface Directive extends HeaderDirective {
+  /** The macro expression of a computed include (#include MACRO(...)); its `name` is then ''. */
+  computed: string | undefined;
   /** The branches it is inside, when the file's conditionals could be followed. */
-  gates?: Gate[];
-};
+  gates: Gate[] | undefined;
+}
 
 type HeaderDirective = HeaderName & {
   next?: boolean;
   /** Where it led, by search path: the shared resolution, checked once per scan for all its users. */
   resolved?: Map<number, Resolution>;
 };
+
+function directive(name: string, quoted: boolean, next: boolean, computed: string | undefined, gates: Gate[] | undefined): Directive {
+  return { name, quoted, next, computed, gates, resolved: undefined };
+}
 
 interface ParsedFile {
   stamp: string;
@@ -201,7 +211,7 @@ export class IncludeScanner {
       const dir = path.dirname(file);
       for (const d of parsed) {
         if (ctx.facts && d.gates && certainlySkipped(d.gates, ctx.facts)) continue;
-        if ('computed' in d) {
+        if (d.computed !== undefined) {
           const key = `${dir}\0${d.computed}`;
           computed.set(key, { file, expression: d.computed });
           for (const f of ctx.computedFiles.get(key) ?? []) reach(f, found, pending);
@@ -318,9 +328,11 @@ export class IncludeScanner {
   private current(r: Resolution): boolean {
     if (r.stale) return false;
     if (r.checkedIn === this.generation) return true;
-    if (!r.listings.every((l, i) => this.fresh(l) === r.stamps[i])) {
-      r.stale = true;
-      return false;
+    for (let i = 0; i < r.listings.length; i++) {
+      if (this.fresh(r.listings[i]) !== r.stamps[i]) {
+        r.stale = true;
+        return false;
+      }
     }
     r.checkedIn = this.generation;
     return true;
@@ -492,16 +504,16 @@ function parseFile(file: string): { directives: Directive[] | { unsure: string }
   const directives: Directive[] = [];
   // Gates on this file's own macros (its include guard) are left out: they never close.
   const own = new Set(defines);
-  const gated = (gates: Gate[] | undefined) => {
-    const deciding = gates?.filter((g) => !neverDecided(g, own));
-    return deciding && deciding.length > 0 ? { gates: deciding } : {};
+  const deciding = (gates: Gate[] | undefined) => {
+    const kept = gates?.filter((g) => !neverDecided(g, own));
+    return kept && kept.length > 0 ? kept : undefined;
   };
   // `__has_include(<name>)` answers from the file system: the file is an input if it exists, so
   // the remote compile gets the same answer. An operand made by a macro cannot be followed.
   const hasInclude = (text: string, gates: Gate[] | undefined): { unsure: string } | undefined => {
     for (const m of text.matchAll(HAS_INCLUDE)) {
       if (m[2] === undefined && m[3] === undefined) return { unsure: '__has_include with a computed operand' };
-      directives.push({ name: m[2] ?? m[3], quoted: m[2] !== undefined, next: m[1] !== undefined, ...gated(gates) });
+      directives.push(directive(m[2] ?? m[3], m[2] !== undefined, m[1] !== undefined, undefined, deciding(gates)));
     }
     return undefined;
   };
@@ -512,8 +524,8 @@ function parseFile(file: string): { directives: Directive[] | { unsure: string }
       const rest = line.rest.trim();
       const name = /^"([^"]+)"|^<([^>]+)>/.exec(rest);
       const next = line.directive === 'include_next';
-      if (name) directives.push({ name: name[1] ?? name[2], quoted: name[1] !== undefined, next, ...gated(line.gates) });
-      else directives.push({ computed: rest, ...gated(line.gates) });
+      if (name) directives.push(directive(name[1] ?? name[2], name[1] !== undefined, next, undefined, deciding(line.gates)));
+      else directives.push(directive('', false, next, rest, deciding(line.gates)));
     } else if (line.rest.includes('__has_include')) {
       // In a condition it is read where the #if is; in a macro body, wherever the macro is used.
       judged += Array.from(line.rest.matchAll(HAS_INCLUDE)).length;
@@ -586,8 +598,8 @@ let racyStamps = 0;
 
 /** What tells a changed file or directory from an unchanged one; a racy one never matches again. */
 function stampOf(p: string): string {
-  const st = statSync(p, { bigint: true, throwIfNoEntry: false });
+  const st = statSync(p, { throwIfNoEntry: false });
   if (!st) return 'absent';
-  const stamp = `${st.mtimeNs}/${st.ctimeNs}/${st.size}/${st.ino}`;
-  return Date.now() - Number(st.mtimeNs / 1_000_000n) < RACY_WINDOW_MS ? `${stamp}/racy${++racyStamps}` : stamp;
+  const stamp = `${st.mtimeMs}/${st.ctimeMs}/${st.size}/${st.ino}`;
+  return Date.now() - st.mtimeMs < RACY_WINDOW_MS ? `${stamp}/racy${++racyStamps}` : stamp;
 }

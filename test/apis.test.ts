@@ -14,6 +14,7 @@ import {
   createClient,
   unary,
 } from '../apis/services';
+import { compareUtf8 } from '../apis/name-order';
 
 /** Minimal protobuf wire reader: yields [fieldNumber, wireType, value] for varint and length-delimited fields. */
 function* wireFields(buf: Uint8Array): Generator<[number, number, number | Uint8Array]> {
@@ -43,6 +44,17 @@ function* wireFields(buf: Uint8Array): Generator<[number, number, number | Uint8
 
 const HASH = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 const BIG = 2 ** 40 + 12345; // > 2^32, exercises int64 as number
+
+test('Directory name order is UTF-8 byte order, also where UTF-16 order differs', () => {
+  // U+E000..U+FFFF sort before supplementary characters in UTF-8 but after them in UTF-16.
+  const names = ['a', 'ab', 'b', 'B', '_', 'é', 'z\u00ff', '\uE000', '\uFFFD', '\u{1F600}', '\u{10000}', 'x\u{1F600}', 'x\uFFFF', 'x', '', 'é\u{1F600}', 'é\uE001'];
+  const byBytes = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+  for (const a of names) {
+    for (const b of names) assert.equal(Math.sign(compareUtf8(a, b)), byBytes(a, b), `${JSON.stringify(a)} vs ${JSON.stringify(b)}`);
+  }
+  assert.deepEqual([...names].sort(compareUtf8), [...names].sort(byBytes));
+  assert.notDeepEqual([...names].sort(), [...names].sort(byBytes)); // the case the correction is for
+});
 
 test('Digest round-trips with sizeBytes > 2^32 as a plain number', () => {
   const d: rex.IDigest = { hash: HASH, sizeBytes: BIG };

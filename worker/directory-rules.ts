@@ -2,6 +2,7 @@
 // check that a symlink stays inside the input root. Pure: no I/O, so the rules are easy to test
 // and shared by everything that places a Merkle tree on a filesystem.
 import { rex } from '../apis';
+import { compareUtf8 } from '../apis/name-order';
 import { Digest, digestKey, validateDigest } from '../cas/digest';
 import { invalidArgument } from '../server/rpc-error';
 
@@ -26,22 +27,16 @@ export interface CheckedDirectory {
   symlinkByName: Map<string, string>;
 }
 
-/** Orders names by their UTF-8 bytes: what protobuf strings are, and how Go-based servers sort. */
-export function compareNames(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
-}
-
 /**
  * Strictly increasing names. Bazel (Java) sorts by UTF-16 code units, which differs from UTF-8
  * byte order only for rare characters; either order is accepted so no real client is refused.
  */
 function inOrder(previous: string, next: string): boolean {
-  // UTF-16 order first: it needs no byte copies, and agrees with UTF-8 order for nearly every name.
-  return previous < next || compareNames(previous, next) < 0;
+  return previous < next || compareUtf8(previous, next) < 0;
 }
 
 /** A single path component: non-empty, no '/', NUL, '.' or '..', and short enough to create. */
-export function checkEntryName(name: string, where: string): void {
+function checkEntryName(name: string, where: string): void {
   if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
     throw invalidArgument(`${where}: entry name ${JSON.stringify(name)} must be a single path component (no '/', NUL, '.' or '..')`);
   }
@@ -59,28 +54,19 @@ export function checkEntryName(name: string, where: string): void {
 export function checkDirectory(digest: Digest, directory: rex.Directory): CheckedDirectory {
   const where = `input directory ${digestKey(digest)}`;
   const seen = new Set<string>();
-  const checkNames = (kind: string, names: string[]) => {
-    names.forEach((name, i) => {
-      checkEntryName(name, `${where} ${kind}`);
-      if (seen.has(name)) throw invalidArgument(`${where}: name ${JSON.stringify(name)} appears more than once`);
-      seen.add(name);
-      if (i > 0 && !inOrder(names[i - 1], name)) {
-        throw invalidArgument(`${where}: ${kind} are not sorted by name (${JSON.stringify(names[i - 1])} comes before ${JSON.stringify(name)})`);
-      }
-    });
-  };
-  checkNames('files', directory.files.map((f) => f.name ?? ''));
-  checkNames('directories', directory.directories.map((d) => d.name ?? ''));
-  checkNames('symlinks', directory.symlinks.map((s) => s.name ?? ''));
+  checkNames(where, 'files', directory.files, seen);
+  checkNames(where, 'directories', directory.directories, seen);
+  checkNames(where, 'symlinks', directory.symlinks, seen);
 
+  // Messages are built only for a bad entry: a kernel object's input root has hundreds of good ones.
   const files = directory.files.map((f) => ({
     name: f.name ?? '',
-    digest: validateDigest(f.digest, `${where} file ${JSON.stringify(f.name)}`),
+    digest: validateDigest(f.digest, () => `${where} file ${JSON.stringify(f.name)}`),
     isExecutable: Boolean(f.isExecutable),
   }));
   const directories = directory.directories.map((d) => ({
     name: d.name ?? '',
-    digest: validateDigest(d.digest, `${where} directory ${JSON.stringify(d.name)}`),
+    digest: validateDigest(d.digest, () => `${where} directory ${JSON.stringify(d.name)}`),
   }));
   const symlinks = directory.symlinks.map((s) => {
     const name = s.name ?? '';
@@ -99,6 +85,20 @@ export function checkDirectory(digest: Digest, directory: rex.Directory): Checke
     directoryByName: new Map(directories.map((d) => [d.name, d.digest])),
     symlinkByName: new Map(symlinks.map((s) => [s.name, s.target])),
   };
+}
+
+/** Each name a valid entry, used once in the whole directory (`seen`), and after the one before it. */
+function checkNames(where: string, kind: string, entries: { name?: string | null }[], seen: Set<string>): void {
+  for (let i = 0; i < entries.length; i++) {
+    const name = entries[i].name ?? '';
+    checkEntryName(name, where);
+    if (seen.has(name)) throw invalidArgument(`${where}: name ${JSON.stringify(name)} appears more than once`);
+    seen.add(name);
+    const previous = i > 0 ? entries[i - 1].name ?? '' : undefined;
+    if (previous !== undefined && !inOrder(previous, name)) {
+      throw invalidArgument(`${where}: ${kind} are not sorted by name (${JSON.stringify(previous)} comes before ${JSON.stringify(name)})`);
+    }
+  }
 }
 
 /**

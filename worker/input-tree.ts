@@ -18,7 +18,7 @@ import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
 import { FileCache, FileIdentity } from './file-cache';
 import { paced } from './paced-fs';
-import { DIRECTORY_MODE, encodeFiles, runTreeJob } from './tree-ops';
+import { DIRECTORY_MODE, encodeFiles, PlannedFile, runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
 
 /** Upper bound on placed entries: shared subdirectories can make a tiny DAG expand enormously. */
@@ -75,21 +75,15 @@ export async function materializeInputRoot(opts: MaterializeOptions): Promise<Ma
     throw failedPrecondition(`input root ${digestKey(opts.rootDigest)}: ${keys.length} blob(s) missing from the CAS: ${keys.slice(0, 5).join(', ')}${keys.length > 5 ? ', ...' : ''}`, keys);
   }
 
-  const pinned: CacheVariant[] = [];
-  let released = false;
-  const release = () => {
-    if (released) return;
-    released = true;
-    for (const p of pinned) opts.cache.unpin(p.digest, p.isExecutable);
-  };
+  const pins = new PinnedCacheFiles(opts.cache);
   try {
-    const cacheFiles = await ensureCacheFiles(opts, plan.files, pinned);
-    await createTree(opts, plan, cacheFiles);
+    await ensureCacheFiles(opts, plan.files, pins);
+    await createTree(opts, plan, pins);
   } catch (err) {
-    release(); // everything started has settled (settleAll), so `pinned` is complete and nothing links any more
+    pins.release(); // everything started has settled (settleAll), so every pin is recorded and nothing links any more
     throw err;
   }
-  return { files: plan.files.length, bytes: plan.files.reduce((sum, f) => sum + f.digest.sizeBytes, 0), release };
+  return { files: plan.files.length, bytes: plan.files.reduce((sum, f) => sum + f.digest.sizeBytes, 0), release: () => pins.release() };
 }
 
 /**
@@ -165,35 +159,61 @@ export function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
 /** One file of the FileCache: content and mode. */
 type CacheVariant = { digest: Digest; isExecutable: boolean };
 
-function variantKey(file: CacheVariant): string {
-  return `${digestKey(file.digest)}${file.isExecutable ? '.x' : ''}`;
-}
-
 /** A pinned cache file: where it is, and which inode (see tree-ops-thread.ts keep()). */
 type CacheFile = { source: string } & FileIdentity;
 
 /**
- * The cache file for every distinct (content, mode) among the files, fetched where missing,
- * FETCH_CONCURRENCY at a time; each is pinned and recorded in `pinned`. On a failure the call
- * still waits for every ensure() it started, so `pinned` is complete when it throws.
+ * The cache files one input root links, each pinned once until release(). Looked up by hash
+ * alone, with no key string built per file: the CAS check before this (findMissing) leaves one
+ * size per hash.
  */
-async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], pinned: CacheVariant[]): Promise<Map<string, CacheFile>> {
-  const variants = new Map<string, CacheVariant>();
-  for (const file of files) variants.set(variantKey(file), file);
-  const limit = limiter(FETCH_CONCURRENCY);
-  const cacheFiles = new Map<string, CacheFile>();
-  const pinnedAt = (key: string, file: CacheVariant, source: string) => {
-    pinned.push(file);
-    cacheFiles.set(key, { source, ...opts.cache.identityOf(file.digest, file.isExecutable) });
-  };
-  for (const [key, file] of variants) {
-    const present = opts.cache.pinIfPresent(file.digest, file.isExecutable);
-    if (!present) continue;
-    pinnedAt(key, file, present);
-    variants.delete(key);
+class PinnedCacheFiles {
+  private readonly plain = new Map<string, CacheFile>();
+  private readonly executable = new Map<string, CacheFile>();
+  private readonly pinned: CacheVariant[] = [];
+  private released = false;
+
+  constructor(private readonly cache: FileCache) {}
+
+  get(file: CacheVariant): CacheFile | undefined {
+    return (file.isExecutable ? this.executable : this.plain).get(file.digest.hash);
   }
-  await settleAll([...variants].map(([key, file]) => limit(async () => pinnedAt(key, file, await opts.cache.ensure(opts.instanceName, file.digest, file.isExecutable)))));
-  return cacheFiles;
+
+  /** Records a pin the cache just gave (ensure() or pinIfPresent()). */
+  add(file: CacheVariant, source: string): void {
+    this.pinned.push(file);
+    const { ino, dev } = this.cache.identityOf(file.digest, file.isExecutable);
+    (file.isExecutable ? this.executable : this.plain).set(file.digest.hash, { source, ino, dev });
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    for (const p of this.pinned) this.cache.unpin(p.digest, p.isExecutable);
+  }
+}
+
+/**
+ * Pins the cache file for every distinct (content, mode) among the files, fetching the missing
+ * ones FETCH_CONCURRENCY at a time. On a failure the call still waits for every fetch it
+ * started, so `pins` holds every pin taken when it throws.
+ */
+async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], pins: PinnedCacheFiles): Promise<void> {
+  const toFetch: CacheVariant[] = [];
+  const fetching = { plain: new Set<string>(), executable: new Set<string>() };
+  for (const file of files) {
+    if (pins.get(file)) continue;
+    const queued = file.isExecutable ? fetching.executable : fetching.plain;
+    if (queued.has(file.digest.hash)) continue;
+    const present = opts.cache.pinIfPresent(file.digest, file.isExecutable);
+    if (present) pins.add(file, present);
+    else {
+      queued.add(file.digest.hash);
+      toFetch.push(file);
+    }
+  }
+  const limit = limiter(FETCH_CONCURRENCY);
+  await settleAll(toFetch.map((file) => limit(async () => pins.add(file, await opts.cache.ensure(opts.instanceName, file.digest, file.isExecutable)))));
 }
 
 /** Like Promise.all, but rejects (with the first failure) only once every task has settled: nothing runs on after it. */
@@ -266,31 +286,45 @@ async function loadDirectory(opts: MaterializeOptions, digest: Digest): Promise<
 
 /** Every path to create, depth first; subtrees whose Directory is missing are skipped. */
 function planPaths(rootDigest: Digest, directories: Map<string, CheckedDirectory>): Plan {
-  const plan: Plan = { directories: [], files: [], symlinks: [] };
-  const directoryOf = (d: Digest) => directories.get(digestKey(d));
-  let entries = 0;
-  const visit = (ancestors: CheckedDirectory[], relative: string) => {
-    const dir = ancestors[ancestors.length - 1];
-    entries += dir.files.length + dir.directories.length + dir.symlinks.length;
-    if (entries > MAX_INPUT_ENTRIES) throw resourceExhausted(`input root ${digestKey(rootDigest)} has more than ${MAX_INPUT_ENTRIES} entries`);
-    const join = (name: string) => (relative ? `${relative}/${name}` : name);
-    for (const f of dir.files) plan.files.push({ path: join(f.name), digest: f.digest, isExecutable: f.isExecutable });
-    for (const s of dir.symlinks) {
-      const where = `input directory ${digestKey(dir.digest)} (at ${JSON.stringify(relative || '.')})`;
-      if (!symlinkStaysInside(ancestors, s.target, directoryOf, where)) {
-        throw invalidArgument(`${where}: symlink ${JSON.stringify(s.name)} -> ${JSON.stringify(s.target)} points outside the input root`);
-      }
-      plan.symlinks.push({ path: join(s.name), target: s.target });
-    }
-    for (const d of dir.directories) {
-      plan.directories.push(join(d.name));
-      const child = directoryOf(d.digest);
-      if (child) visit([...ancestors, child], join(d.name));
-    }
+  const walk: PlanWalk = {
+    plan: { directories: [], files: [], symlinks: [] },
+    rootDigest,
+    directories,
+    entries: 0,
   };
-  const root = directoryOf(rootDigest);
-  if (root) visit([root], '');
-  return plan;
+  const root = directories.get(digestKey(rootDigest));
+  if (root) visitDirectory(walk, [root], '');
+  return walk.plan;
+}
+
+/** One planPaths() walk's state: a function per tree node, not closures made per action (V8 optimizes those again for every action). */
+interface PlanWalk {
+  plan: Plan;
+  rootDigest: Digest;
+  directories: Map<string, CheckedDirectory>;
+  entries: number;
+}
+
+function visitDirectory(walk: PlanWalk, ancestors: CheckedDirectory[], relative: string): void {
+  const { plan } = walk;
+  const dir = ancestors[ancestors.length - 1];
+  walk.entries += dir.files.length + dir.directories.length + dir.symlinks.length;
+  if (walk.entries > MAX_INPUT_ENTRIES) throw resourceExhausted(`input root ${digestKey(walk.rootDigest)} has more than ${MAX_INPUT_ENTRIES} entries`);
+  const prefix = relative ? `${relative}/` : '';
+  for (const f of dir.files) plan.files.push({ path: prefix + f.name, digest: f.digest, isExecutable: f.isExecutable });
+  for (const s of dir.symlinks) {
+    const where = `input directory ${digestKey(dir.digest)} (at ${JSON.stringify(relative || '.')})`;
+    if (!symlinkStaysInside(ancestors, s.target, (d) => walk.directories.get(digestKey(d)), where)) {
+      throw invalidArgument(`${where}: symlink ${JSON.stringify(s.name)} -> ${JSON.stringify(s.target)} points outside the input root`);
+    }
+    plan.symlinks.push({ path: prefix + s.name, target: s.target });
+  }
+  for (const d of dir.directories) {
+    const childPath = prefix + d.name;
+    plan.directories.push(childPath);
+    const child = walk.directories.get(digestKey(d.digest));
+    if (child) visitDirectory(walk, [...ancestors, child], childPath);
+  }
 }
 
 /**
@@ -318,7 +352,7 @@ function addExtraDirectories(plan: Plan, extra: string[]): void {
  * reconciled with what the root already holds (a container's own input root keeps the last
  * action's tree, and consecutive actions share most of their inputs).
  */
-function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string, CacheFile>): Promise<void> {
+function createTree(opts: MaterializeOptions, plan: Plan, pins: PinnedCacheFiles): Promise<void> {
   return runTreeJob({
     op: 'sync',
     root: opts.dest,
@@ -326,9 +360,13 @@ function createTree(opts: MaterializeOptions, plan: Plan, cacheFiles: Map<string
     gid: opts.gid,
     umaskTakesBits: (processUmask() & DIRECTORY_MODE) !== 0,
     directories: plan.directories,
-    files: encodeFiles(plan.files.map((f) => ({ path: f.path, executable: f.isExecutable, ...cacheFiles.get(variantKey(f))! }))),
+    files: encodeFiles(plan.files.map((f) => plannedFile(f, pins.get(f)!))),
     symlinks: plan.symlinks,
   });
+}
+
+function plannedFile(f: Plan['files'][number], c: CacheFile): PlannedFile {
+  return { path: f.path, source: c.source, executable: f.isExecutable, ino: c.ino, dev: c.dev };
 }
 
 /** A new directory, mode 0755 whatever the worker's umask, owned by uid/gid when given. */

@@ -6,11 +6,11 @@ import { createHash } from 'node:crypto';
 import { Stats, closeSync, constants as fsConstants, createReadStream, fstatSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { rex } from '../apis';
+import { compareUtf8 } from '../apis/name-order';
 import { Digest, SHA256_EMPTY, digestKey, digestOf } from '../cas/digest';
 import { failedPrecondition } from '../server/rpc-error';
 import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
-import { compareNames } from './directory-rules';
 import { limiter } from './input-tree';
 import { paced } from './paced-fs';
 
@@ -195,7 +195,7 @@ function collectDistinct(root: BuiltDirectory): BuiltDirectory[] {
 }
 
 async function buildDirectory(absolute: string, relative: string, uploader: Uploader): Promise<BuiltDirectory> {
-  const entries = readdirSync(absolute).sort(compareNames);
+  const entries = readdirSync(absolute).sort(compareUtf8);
   await paced();
   const files: rex.FileNode.$Properties[] = [];
   const directories: rex.DirectoryNode.$Properties[] = [];
