@@ -5,7 +5,7 @@
 // milliseconds (a double, exact to a fraction of a microsecond) rather than nanoseconds: stat
 // calls are the cost of a warm check, and one with BigInt fields costs half as much again.
 import { createHash } from 'node:crypto';
-import { promises as fs, statSync } from 'node:fs';
+import { promises as fs, Stats, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { readBlobFile } from '../cas/file-range';
 
@@ -21,6 +21,17 @@ interface Entry {
   ino: number;
   mode: number;
   hash: string;
+}
+
+/**
+ * stat() of a file, by its path relative to the working directory where it is under it: the
+ * kernel then walks three or four components instead of eight (a warm scan makes hundreds of
+ * these calls per object). Node keeps process.cwd() until a chdir, so asking is cheap.
+ */
+export function statFile(absPath: string): Stats | undefined {
+  const cwd = process.cwd();
+  const relative = absPath.length > cwd.length + 1 && absPath.startsWith(cwd) && absPath[cwd.length] === '/' ? absPath.slice(cwd.length + 1) : absPath;
+  return statSync(relative, { throwIfNoEntry: false });
 }
 
 /** A file changed this recently could change again within the same timestamp tick. */
@@ -57,7 +68,7 @@ export class DigestCache {
     if (!known) return undefined;
     let st: { size: number; mtimeMs: number; ino: number; mode: number } | undefined;
     try {
-      st = statSync(absPath, { throwIfNoEntry: false });
+      st = statFile(absPath);
     } catch {
       return undefined;
     }
@@ -72,7 +83,7 @@ export class DigestCache {
     if (cached) return cached;
     // Synchronous, like known(): most calls here are for words of a recipe that are no file at
     // all, and a failed stat through the thread pool costs a rejected promise as well.
-    const st = statSync(absPath, { throwIfNoEntry: false });
+    const st = statFile(absPath);
     if (!st || !st.isFile()) return undefined;
     const { size, mtimeMs, ino, mode } = st;
     const executable = (mode & 0o111) !== 0;

@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { CompileCommand } from './compile-args';
 import { commandLineDefinitions, computedHeaderNames, defineOption, HeaderName, MacroDefinition, parseDefinitions } from './computed-include';
 import { certainlySkipped, conditionalLines, Gate, integerValue, MacroFact, MacroFacts, neverDecided } from './include-conditions';
-import { DigestCache, FileDigest, RACY_WINDOW_MS } from './digest-cache';
+import { DigestCache, FileDigest, RACY_WINDOW_MS, statFile } from './digest-cache';
 
 export type ScanResult =
   | {
@@ -542,9 +542,10 @@ function parseFile(file: string): { directives: Directive[] | { unsure: string }
 }
 
 /**
- * The text with every comment blanked out (newlines kept), so "#include" in prose is not taken
- * for a directive and a directive's trailing comment is not taken for its name. String and
- * character literals are skipped whole; like the compiler, a literal ends at the end of its line.
+ * The text with every comment made one space (its newlines kept), so "#include" in prose is not
+ * taken for a directive and a directive's trailing comment is not taken for its name. String
+ * and character literals are skipped whole; like the compiler, a literal ends at the end of its
+ * line.
  */
 export function withoutComments(text: string): string {
   const special = /[/"']/g;
@@ -574,10 +575,17 @@ export function withoutComments(text: string): string {
       end = at + 2;
       while (end < text.length && text[end] !== '\n') end += text[end] === '\\' ? 2 : 1;
     }
-    out += text.slice(copied, at) + text.slice(at, end).replace(/[^\n]/g, ' ');
+    // One space for the comment, as the compiler reads it, and its newlines to keep the lines.
+    out += text.slice(copied, at) + ' ' + newlinesBetween(text, at, end);
     copied = i = end;
   }
   return out + text.slice(copied);
+}
+
+function newlinesBetween(text: string, from: number, to: number): string {
+  let newlines = '';
+  for (let at = text.indexOf('\n', from); at >= 0 && at < to; at = text.indexOf('\n', at + 1)) newlines += '\n';
+  return newlines;
 }
 
 function groupByName(definitions: MacroDefinition[]): Map<string, MacroDefinition[]> {
@@ -598,7 +606,7 @@ let racyStamps = 0;
 
 /** What tells a changed file or directory from an unchanged one; a racy one never matches again. */
 function stampOf(p: string): string {
-  const st = statSync(p, { throwIfNoEntry: false });
+  const st = statFile(p);
   if (!st) return 'absent';
   const stamp = `${st.mtimeMs}/${st.ctimeMs}/${st.size}/${st.ino}`;
   return Date.now() - st.mtimeMs < RACY_WINDOW_MS ? `${stamp}/racy${++racyStamps}` : stamp;

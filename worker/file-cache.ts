@@ -34,11 +34,16 @@ export interface FileCacheStats {
   fetches: number;
 }
 
-interface Entry {
+/** A cache file its caller has pinned. */
+export interface PinnedFile {
+  readonly path: string;
+  /** The file's inode: an input root still holding it is known unchanged without a stat of the cache file. */
+  readonly identity: FileIdentity;
+}
+
+interface Entry extends PinnedFile {
   sizeBytes: number;
   pins: number;
-  /** The file's inode: an input root still holding it is known unchanged without a stat of the cache file. */
-  identity: FileIdentity;
 }
 
 /** Which inode a cache file is. */
@@ -53,7 +58,7 @@ export class FileCache {
   readonly maxBytes: number;
   /** Cached files by name, least recently used first (Map keeps insertion order). */
   private readonly entries = new Map<string, Entry>();
-  private readonly filling = new Map<string, Promise<void>>();
+  private readonly filling = new Map<string, Promise<unknown>>();
   /** Evicted files whose unlink is still running: a refill of the same name waits for it. */
   private readonly removing = new Map<string, Promise<void>>();
   private readonly tmpDir: string;
@@ -79,6 +84,11 @@ export class FileCache {
    * every successful call must be matched by one unpin() when the caller stops using it.
    */
   async ensure(instanceName: string, digest: Digest, executable: boolean): Promise<string> {
+    return (await this.pin(instanceName, digest, executable)).path;
+  }
+
+  /** ensure(), answering with the pinned file itself: unpinFile() then needs no lookup. */
+  async pin(instanceName: string, digest: Digest, executable: boolean): Promise<PinnedFile> {
     await this.init();
     const name = fileName(digest, executable);
     for (;;) {
@@ -93,11 +103,10 @@ export class FileCache {
       const fill = this.fill(instanceName, digest, executable, name);
       this.filling.set(name, fill);
       try {
-        await fill; // inserts the entry already pinned once, for this caller
+        return await fill; // the entry, inserted already pinned once, for this caller
       } finally {
         this.filling.delete(name);
       }
-      return this.pathOf(digest, executable);
     }
   }
 
@@ -105,26 +114,26 @@ export class FileCache {
    * ensure() for a file the cache already holds, without a promise: an action's inputs are
    * mostly there already, and a kernel compile has hundreds. Undefined: call ensure().
    */
-  pinIfPresent(digest: Digest, executable: boolean): string | undefined {
+  pinIfPresent(digest: Digest, executable: boolean): PinnedFile | undefined {
     const name = fileName(digest, executable);
     const entry = this.entries.get(name);
     if (!entry) return undefined;
     entry.pins++;
     this.touch(name, entry);
-    return this.pathOf(digest, executable);
-  }
-
-  /** The inode of a file the caller has pinned (ensure() or pinIfPresent()). */
-  identityOf(digest: Digest, executable: boolean): FileIdentity {
-    const entry = this.entries.get(fileName(digest, executable));
-    if (!entry || entry.pins === 0) throw new Error(`file cache: identity of ${fileName(digest, executable)}, which is not pinned`);
-    return entry.identity;
+    return entry;
   }
 
   unpin(digest: Digest, executable: boolean): void {
     const name = fileName(digest, executable);
     const entry = this.entries.get(name);
-    if (!entry || entry.pins === 0) throw new Error(`file cache: unpin of ${name}, which is not pinned`);
+    if (!entry) throw new Error(`file cache: unpin of ${name}, which is not pinned`);
+    this.unpinFile(entry);
+  }
+
+  /** unpin() of what pin() or pinIfPresent() gave: a pinned entry stays in the cache, so it is the one to count down. */
+  unpinFile(file: PinnedFile): void {
+    const entry = file as Entry;
+    if (entry.pins === 0) throw new Error(`file cache: unpin of ${entry.path}, which is not pinned`);
     entry.pins--;
     if (entry.pins === 0) this.evict();
   }
@@ -150,7 +159,7 @@ export class FileCache {
     await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
     await fs.rm(this.tmpDir, { recursive: true, force: true }); // fetches a crash interrupted
     await fs.mkdir(this.tmpDir);
-    const found: { name: string; sizeBytes: number; mtimeMs: number; identity: FileIdentity }[] = [];
+    const found: { name: string; path: string; sizeBytes: number; mtimeMs: number; identity: FileIdentity }[] = [];
     for (const shard of await fs.readdir(this.dir)) {
       if (!/^[0-9a-f]{2}$/.test(shard)) continue;
       const shardDir = path.join(this.dir, shard);
@@ -162,7 +171,7 @@ export class FileCache {
         // Files are renamed into place only once complete and verified, so a name whose size and
         // mode match is trusted; anything else is debris and goes.
         if (match && match[1].startsWith(shard) && st.isFile() && st.size === Number(match[2]) && (st.mode & 0o7777) === expectedMode) {
-          found.push({ name, sizeBytes: st.size, mtimeMs: st.mtimeMs, identity: { ino: st.ino, dev: st.dev } });
+          found.push({ name, path: file, sizeBytes: st.size, mtimeMs: st.mtimeMs, identity: { ino: st.ino, dev: st.dev } });
         } else {
           await fs.rm(file, { recursive: true, force: true });
         }
@@ -171,15 +180,16 @@ export class FileCache {
     // Oldest fetch first approximates least recently used for files from an earlier run.
     found.sort((a, b) => a.mtimeMs - b.mtimeMs);
     for (const f of found) {
-      this.entries.set(f.name, { sizeBytes: f.sizeBytes, pins: 0, identity: f.identity });
+      this.entries.set(f.name, { path: f.path, sizeBytes: f.sizeBytes, pins: 0, identity: f.identity });
       this.totalBytes += f.sizeBytes;
     }
     this.evict();
   }
 
-  private async fill(instanceName: string, digest: Digest, executable: boolean, name: string): Promise<void> {
+  private async fill(instanceName: string, digest: Digest, executable: boolean, name: string): Promise<PinnedFile> {
     await this.removing.get(name);
     const tmp = tempPath(this.tmpDir, digest.hash);
+    const file = this.pathOf(digest, executable);
     let linked = false;
     let identity: FileIdentity;
     try {
@@ -212,14 +222,16 @@ export class FileCache {
       if (!linked) await fs.chmod(tmp, executable ? 0o555 : 0o444);
       const st = await fs.lstat(tmp);
       identity = { ino: st.ino, dev: st.dev };
-      renameIntoPlace(tmp, this.pathOf(digest, executable));
+      renameIntoPlace(tmp, file);
     } catch (err) {
       await fs.rm(tmp, { force: true });
       throw err;
     }
-    this.entries.set(name, { sizeBytes: digest.sizeBytes, pins: 1, identity });
+    const entry: Entry = { path: file, sizeBytes: digest.sizeBytes, pins: 1, identity };
+    this.entries.set(name, entry);
     this.totalBytes += digest.sizeBytes;
     this.evict();
+    return entry;
   }
 
   private touch(name: string, entry: Entry): void {
@@ -236,8 +248,7 @@ export class FileCache {
       this.entries.delete(name);
       this.totalBytes -= entry.sizeBytes;
       // Links already made into action directories keep their data; only the cache name goes.
-      const file = path.join(this.dir, name.slice(0, 2), name);
-      const removal = fs.rm(file, { force: true }).catch(() => undefined).finally(() => this.removing.delete(name));
+      const removal = fs.rm(entry.path, { force: true }).catch(() => undefined).finally(() => this.removing.delete(name));
       this.removing.set(name, removal);
     }
   }

@@ -16,7 +16,7 @@ import { failedPrecondition, invalidArgument, resourceExhausted } from '../serve
 import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
-import { FileCache, FileIdentity } from './file-cache';
+import { FileCache, FileIdentity, PinnedFile } from './file-cache';
 import { paced } from './paced-fs';
 import { DIRECTORY_MODE, encodeFiles, PlannedFile, runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
@@ -170,7 +170,7 @@ type CacheFile = { source: string } & FileIdentity;
 class PinnedCacheFiles {
   private readonly plain = new Map<string, CacheFile>();
   private readonly executable = new Map<string, CacheFile>();
-  private readonly pinned: CacheVariant[] = [];
+  private readonly pinned: PinnedFile[] = [];
   private released = false;
 
   constructor(private readonly cache: FileCache) {}
@@ -179,17 +179,17 @@ class PinnedCacheFiles {
     return (file.isExecutable ? this.executable : this.plain).get(file.digest.hash);
   }
 
-  /** Records a pin the cache just gave (ensure() or pinIfPresent()). */
-  add(file: CacheVariant, source: string): void {
-    this.pinned.push(file);
-    const { ino, dev } = this.cache.identityOf(file.digest, file.isExecutable);
-    (file.isExecutable ? this.executable : this.plain).set(file.digest.hash, { source, ino, dev });
+  /** Records a pin the cache just gave (pin() or pinIfPresent()). */
+  add(file: CacheVariant, pinned: PinnedFile): void {
+    this.pinned.push(pinned);
+    const { ino, dev } = pinned.identity;
+    (file.isExecutable ? this.executable : this.plain).set(file.digest.hash, { source: pinned.path, ino, dev });
   }
 
   release(): void {
     if (this.released) return;
     this.released = true;
-    for (const p of this.pinned) this.cache.unpin(p.digest, p.isExecutable);
+    for (const p of this.pinned) this.cache.unpinFile(p);
   }
 }
 
@@ -213,7 +213,7 @@ async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], 
     }
   }
   const limit = limiter(FETCH_CONCURRENCY);
-  await settleAll(toFetch.map((file) => limit(async () => pins.add(file, await opts.cache.ensure(opts.instanceName, file.digest, file.isExecutable)))));
+  await settleAll(toFetch.map((file) => limit(async () => pins.add(file, await opts.cache.pin(opts.instanceName, file.digest, file.isExecutable)))));
 }
 
 /** Like Promise.all, but rejects (with the first failure) only once every task has settled: nothing runs on after it. */
