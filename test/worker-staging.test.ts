@@ -12,7 +12,7 @@ import { Digest, digestKey, digestOf } from '../cas/digest';
 import { FileStorage } from '../cas/file-storage';
 import { RpcError } from '../server/rpc-error';
 import { FileCache } from '../worker/file-cache';
-import { createOutputParents, materializeInputRoot } from '../worker/input-tree';
+import { createOutputParents, DirectoryCache, materializeInputRoot } from '../worker/input-tree';
 import { collectOutputs } from '../worker/output-collector';
 import { LocalContentAccess } from '../worker/local-content-access';
 
@@ -75,7 +75,7 @@ async function rpcFailure(p: Promise<unknown>, code: status, messageIncludes: st
   assert.fail('expected a rejection');
 }
 
-async function materialize(rootDigest: Digest, cache: FileCache, extra: { directoryCache?: Map<string, rex.Directory> } = {}) {
+async function materialize(rootDigest: Digest, cache: FileCache, extra: { directoryCache?: DirectoryCache } = {}) {
   const dest = await freshDir('root');
   const staged = await materializeInputRoot({ instanceName: INSTANCE, rootDigest, access, cache, dest, uid: 1000, gid: 1000, ...extra });
   return { dest, staged };
@@ -211,7 +211,7 @@ describe('materializeInputRoot', () => {
       ],
       symlinks: [{ name: 'link', target: 'sub/b.txt' }],
     });
-    const directoryCache = new Map<string, rex.Directory>();
+    const directoryCache = new DirectoryCache();
     const { dest, staged } = await materialize(root, cache, { directoryCache });
     assert.equal(staged.files, 7);
     assert.equal(staged.bytes, 6 * 5 + 18);
@@ -248,7 +248,7 @@ describe('materializeInputRoot', () => {
     staged.release(); // idempotent
     assert.equal(cache.stats().pinnedFiles, 0);
 
-    // Directory protos are cached across actions; the second layout fetches no file either.
+    // Checked Directories are cached across actions; the second layout fetches no file either.
     assert.equal(directoryCache.size, 3);
     const fetches = cache.stats().fetches;
     const second = await materialize(root, cache, { directoryCache });
@@ -335,7 +335,7 @@ describe('materializeInputRoot', () => {
     // A missing root is reported the same way; another instance's blobs do not count.
     const missingRoot = encodeDirectory({ symlinks: [{ name: 'x', target: 'y' }] }).digest;
     const err2 = await rpcFailure(
-      materializeInputRoot({ instanceName: 'other-instance', rootDigest: root, access, cache, dest, directoryCache: new Map() }),
+      materializeInputRoot({ instanceName: 'other-instance', rootDigest: root, access, cache, dest, directoryCache: new DirectoryCache() }),
       status.FAILED_PRECONDITION,
     );
     assert.deepEqual(err2.missing, [digestKey(root)]);
@@ -345,7 +345,7 @@ describe('materializeInputRoot', () => {
 
   test('a cached Directory is still checked for presence in this instance', async () => {
     const cache = new FileCache(await freshDir('cache'), access);
-    const directoryCache = new Map<string, rex.Directory>();
+    const directoryCache = new DirectoryCache();
     const root = await putDirectory({ files: [{ name: 'f', digest: await putBlob('shared') }] });
     (await materialize(root, cache, { directoryCache })).staged.release();
     const err = await rpcFailure(
@@ -353,6 +353,23 @@ describe('materializeInputRoot', () => {
       status.FAILED_PRECONDITION,
     );
     assert.ok(err.missing.includes(digestKey(root)));
+  });
+
+  test('the Directory cache holds a bounded number of entries, and a cached tree is laid out the same', async () => {
+    const cache = new FileCache(await freshDir('cache'), access);
+    const content = await putBlob('bounded');
+    const small = await putDirectory({ files: [{ name: 'f', digest: content }] }); // 2 entries with itself
+    const big = await putDirectory({ files: ['a', 'b', 'c', 'd'].map((name) => ({ name, digest: content })) }); // 5
+    const directoryCache = new DirectoryCache(6);
+    (await materialize(small, cache, { directoryCache })).staged.release();
+    assert.equal(directoryCache.size, 1);
+    (await materialize(big, cache, { directoryCache })).staged.release(); // 2 + 5 > 6: emptied first
+    assert.equal(directoryCache.size, 1);
+    assert.ok(directoryCache.get(digestKey(big)));
+    assert.equal(directoryCache.get(digestKey(small)), undefined);
+    const again = await materialize(big, cache, { directoryCache });
+    assert.deepEqual((await fs.readdir(again.dest)).sort(), ['a', 'b', 'c', 'd']);
+    again.staged.release();
   });
 
   test('createOutputParents makes the parents (not the outputs) owned by the action user', async () => {

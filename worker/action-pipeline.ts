@@ -14,7 +14,7 @@ import { PlatformProperty, containerImage, propertyValue } from '../scheduler/pl
 import { RpcError, failedPrecondition } from '../server/rpc-error';
 import { ContentAccess } from './content-access';
 import { FileCache } from './file-cache';
-import { createOutputParents, makeOwnedDirectory, materializeInputRoot, outputParents, settleAll } from './input-tree';
+import { createOutputParents, DirectoryCache, makeOwnedDirectory, materializeInputRoot, outputParents, settleAll } from './input-tree';
 import { collectOutputs, uploadStdio } from './output-collector';
 import { removeTree } from './tree-ops';
 import { Sandbox, SandboxSlot } from './sandbox/sandbox';
@@ -61,9 +61,8 @@ export interface PipelineRun {
   removeDirectory(): Promise<void>;
 }
 
-/** Decoded Directory protos are shared between actions: input trees repeat a lot. */
-const directoryCache = new Map<string, rex.Directory>();
-const DIRECTORY_CACHE_LIMIT = 50_000;
+/** Checked Directories are shared between actions: input trees repeat a lot. */
+const directoryCache = new DirectoryCache();
 
 export async function runActionPipeline(
   opts: PipelineOptions,
@@ -157,7 +156,6 @@ async function runAction(
         extraDirectories,
       }).then((staged) => (held.unpinInputs = staged.release)), // recorded at once: release() must unpin whatever else fails
     ]);
-    if (directoryCache.size > DIRECTORY_CACHE_LIMIT) directoryCache.clear();
     // Mostly made with the inputs already: this checks them, and makes those past input symlinks.
     await createOutputParents(root, command.workingDirectory, outputs, uid, gid);
     meta.inputFetchCompletedTimestamp = now();

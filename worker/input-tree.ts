@@ -35,8 +35,8 @@ export interface MaterializeOptions {
   /** Owner of every directory created (the action's user); left as is when undefined. */
   uid?: number;
   gid?: number;
-  /** Decoded, already-checked Directory protos by digest key, shared between actions. */
-  directoryCache?: Map<string, rex.Directory>;
+  /** Checked Directories by digest key, shared between actions. */
+  directoryCache?: DirectoryCache;
   /**
    * Directories the action needs besides its inputs (outputParents()): created with the tree,
    * in the same pass, where no input file or symlink is in their way. createOutputParents()
@@ -52,8 +52,36 @@ export interface MaterializedInputs {
   release(): void;
 }
 
-/** Checked Directory forms of cached protos, so a cache hit skips the rules too. */
-const checkedForms = new WeakMap<rex.Directory, CheckedDirectory>();
+/**
+ * Checked Directories shared between actions (input trees repeat: a hit skips the read, the
+ * decode and the rules), bounded by the entries they hold: a kernel object's tree has ~60
+ * directories of up to hundreds of files, and everything kept here is heap the collector
+ * walks again and again. Emptied when full, as a bounded memo.
+ */
+export class DirectoryCache {
+  private readonly byKey = new Map<string, CheckedDirectory>();
+  private entries = 0;
+
+  constructor(private readonly maxEntries = 250_000) {}
+
+  get size(): number {
+    return this.byKey.size;
+  }
+
+  get(key: string): CheckedDirectory | undefined {
+    return this.byKey.get(key);
+  }
+
+  set(key: string, checked: CheckedDirectory): void {
+    const entries = 1 + checked.files.length + checked.directories.length + checked.symlinks.length;
+    if (this.entries + entries > this.maxEntries) {
+      this.byKey.clear();
+      this.entries = 0;
+    }
+    this.byKey.set(key, checked);
+    this.entries += entries;
+  }
+}
 
 interface Plan {
   directories: string[];
@@ -257,14 +285,7 @@ async function fetchDirectories(opts: MaterializeOptions): Promise<{ directories
 async function loadDirectory(opts: MaterializeOptions, digest: Digest): Promise<{ checked: CheckedDirectory; cached: boolean } | 'missing'> {
   const key = digestKey(digest);
   const cached = opts.directoryCache?.get(key);
-  if (cached) {
-    let checked = checkedForms.get(cached);
-    if (!checked) {
-      checked = checkDirectory(digest, cached);
-      checkedForms.set(cached, checked);
-    }
-    return { checked, cached: true };
-  }
+  if (cached) return { checked: cached, cached: true };
   if (digest.sizeBytes > MAX_DIRECTORY_BYTES) throw invalidArgument(`input directory ${key} is larger than ${MAX_DIRECTORY_BYTES} bytes`);
   const blob = await opts.access.read(opts.instanceName, digest);
   if (!blob) return 'missing';
@@ -279,8 +300,7 @@ async function loadDirectory(opts: MaterializeOptions, digest: Digest): Promise<
     throw invalidArgument(`input directory ${key} is not a Directory message: ${(err as Error).message}`);
   }
   const checked = checkDirectory(digest, directory);
-  checkedForms.set(directory, checked);
-  opts.directoryCache?.set(key, directory);
+  opts.directoryCache?.set(key, checked);
   return { checked, cached: false };
 }
 
