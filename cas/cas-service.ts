@@ -28,7 +28,7 @@ export class CasService {
     const instance = validateInstanceName(req.instanceName);
     const digests = req.blobDigests.map((d, i) => validateDigest(d, () => `blob_digests[${i}]`));
     // A blob this server would refuse to store can never be uploaded: say so instead of "missing".
-    digests.forEach((d, i) => checkBlobSize(d, this.limits.maxBlobBytes, `blob_digests[${i}]`));
+    digests.forEach((d, i) => checkBlobSize(d, this.limits.maxBlobBytes, () => `blob_digests[${i}]`));
     return { missingBlobDigests: await this.storage.cas(instance).findMissing(digests) };
   }
 
@@ -44,8 +44,9 @@ export class CasService {
       req.requests.map(async (r, i) => {
         const digest = r.digest ?? undefined;
         try {
-          const d = validateDigest(r.digest, () => `requests[${i}].digest`);
-          checkBlobSize(d, this.limits.maxBlobBytes, `requests[${i}].digest`);
+          const what = () => `requests[${i}].digest`;
+          const d = validateDigest(r.digest, what);
+          checkBlobSize(d, this.limits.maxBlobBytes, what);
           await cas.put(d, decodeBatchData(d, Buffer.from(r.data ?? []), r.compressor ?? 0));
           return { digest, status: { code: status.OK } };
         } catch (err) {

@@ -27,25 +27,30 @@ export function digestKey(d: Digest): string {
  * Checks a digest as it arrives from a client and returns it normalized. Rejects what could
  * never name a SHA-256 blob: wrong hash length or alphabet, negative, fractional or absurd sizes.
  */
-export function validateDigest(d: { hash?: string | null; sizeBytes?: number | null } | null | undefined, describe: string | (() => string) = 'digest'): Digest {
-  if (!d) throw invalidArgument(`${label(describe)} is missing`);
+export function validateDigest(d: { hash?: string | null; sizeBytes?: number | null } | null | undefined, what: Label = 'digest'): Digest {
+  if (!d) throw invalidArgument(`${labelText(what)} is missing`);
   const hash = d.hash ?? '';
   const sizeBytes = d.sizeBytes ?? 0;
   if (!SHA256_HEX.test(hash)) {
-    throw invalidArgument(`${label(describe)} ${JSON.stringify(hash)}/${sizeBytes}: hash must be 64 lower-case hex digits (SHA-256)`);
+    throw invalidArgument(`${labelText(what)} ${JSON.stringify(hash)}/${sizeBytes}: hash must be 64 lower-case hex digits (SHA-256)`);
   }
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
-    throw invalidArgument(`${label(describe)} ${hash}/${sizeBytes}: size_bytes must be a non-negative integer`);
+    throw invalidArgument(`${labelText(what)} ${hash}/${sizeBytes}: size_bytes must be a non-negative integer`);
   }
   if (sizeBytes === 0 && hash !== SHA256_EMPTY) {
-    throw invalidArgument(`${label(describe)} ${hash}/0: a zero-length blob must have the SHA-256 of the empty string`);
+    throw invalidArgument(`${labelText(what)} ${hash}/0: a zero-length blob must have the SHA-256 of the empty string`);
   }
   return { hash, sizeBytes };
 }
 
-/** What a digest is, for an error message: given, or built only when one is needed. */
-function label(describe: string | (() => string)): string {
-  return typeof describe === 'string' ? describe : describe();
+/**
+ * What a checked value is, for an error message: given, or made only when a message is needed
+ * (a request names thousands of digests, each with its own label, and nearly all are fine).
+ */
+export type Label = string | (() => string);
+
+export function labelText(what: Label): string {
+  return typeof what === 'string' ? what : what();
 }
 
 /** Verifies that data matches the digest the client claimed for it. */

@@ -1,6 +1,7 @@
 // Sizes the server advertises and enforces. One place, so Capabilities never promises more
 // than the handlers accept.
 import { resourceExhausted } from '../server/rpc-error';
+import { Label, labelText } from './digest';
 
 /** Total blob bytes in one BatchUpdateBlobs / BatchReadBlobs call (what Capabilities advertises). */
 export const MAX_BATCH_TOTAL_BYTES = 4 * 1024 * 1024;
@@ -45,8 +46,8 @@ export const MAX_TREE_PAGE_BYTES = MAX_BATCH_TOTAL_BYTES;
 export const DEFAULT_MAX_ACTION_OUTPUT_BYTES = 1024 ** 3;
 
 /** RESOURCE_EXHAUSTED, naming the limit and its flag, for a digest over --max-blob-bytes. */
-export function checkBlobSize(digest: { hash: string; sizeBytes: number }, maxBlobBytes: number, what = 'blob'): void {
+export function checkBlobSize(digest: { hash: string; sizeBytes: number }, maxBlobBytes: number, what: Label = 'blob'): void {
   if (digest.sizeBytes > maxBlobBytes) {
-    throw resourceExhausted(`${what} ${digest.hash}/${digest.sizeBytes} is larger than this server's maximum blob size of ${maxBlobBytes} bytes (--max-blob-bytes)`);
+    throw resourceExhausted(`${labelText(what)} ${digest.hash}/${digest.sizeBytes} is larger than this server's maximum blob size of ${maxBlobBytes} bytes (--max-blob-bytes)`);
   }
 }

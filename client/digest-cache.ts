@@ -66,7 +66,7 @@ export class DigestCache {
   known(absPath: string): FileDigest | undefined {
     const known = this.entries.get(absPath);
     if (!known) return undefined;
-    let st: { size: number; mtimeMs: number; ino: number; mode: number } | undefined;
+    let st: Stats | undefined;
     try {
       st = statFile(absPath);
     } catch {

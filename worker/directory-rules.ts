@@ -36,12 +36,12 @@ function inOrder(previous: string, next: string): boolean {
 }
 
 /** A single path component: non-empty, no '/', NUL, '.' or '..', and short enough to create. */
-function checkEntryName(name: string, where: string): void {
+function checkEntryName(name: string, where: string, kind: string): void {
   if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
-    throw invalidArgument(`${where}: entry name ${JSON.stringify(name)} must be a single path component (no '/', NUL, '.' or '..')`);
+    throw invalidArgument(`${where} ${kind}: entry name ${JSON.stringify(name)} must be a single path component (no '/', NUL, '.' or '..')`);
   }
   if (Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) {
-    throw invalidArgument(`${where}: entry name ${JSON.stringify(name.slice(0, 40))}... is longer than ${MAX_NAME_BYTES} bytes`);
+    throw invalidArgument(`${where} ${kind}: entry name ${JSON.stringify(name.slice(0, 40))}... is longer than ${MAX_NAME_BYTES} bytes`);
   }
 }
 
@@ -89,15 +89,16 @@ export function checkDirectory(digest: Digest, directory: rex.Directory): Checke
 
 /** Each name a valid entry, used once in the whole directory (`seen`), and after the one before it. */
 function checkNames(where: string, kind: string, entries: { name?: string | null }[], seen: Set<string>): void {
-  for (let i = 0; i < entries.length; i++) {
-    const name = entries[i].name ?? '';
-    checkEntryName(name, where);
+  let previous: string | undefined;
+  for (const entry of entries) {
+    const name = entry.name ?? '';
+    checkEntryName(name, where, kind);
     if (seen.has(name)) throw invalidArgument(`${where}: name ${JSON.stringify(name)} appears more than once`);
     seen.add(name);
-    const previous = i > 0 ? entries[i - 1].name ?? '' : undefined;
     if (previous !== undefined && !inOrder(previous, name)) {
       throw invalidArgument(`${where}: ${kind} are not sorted by name (${JSON.stringify(previous)} comes before ${JSON.stringify(name)})`);
     }
+    previous = name;
   }
 }
 

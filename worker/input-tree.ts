@@ -16,7 +16,7 @@ import { failedPrecondition, invalidArgument, resourceExhausted } from '../serve
 import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
-import { FileCache, FileIdentity, PinnedFile } from './file-cache';
+import { FileCache, PinnedFile } from './file-cache';
 import { paced } from './paced-fs';
 import { DIRECTORY_MODE, encodeFiles, PlannedFile, runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
@@ -187,37 +187,32 @@ export function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
 /** One file of the FileCache: content and mode. */
 type CacheVariant = { digest: Digest; isExecutable: boolean };
 
-/** A pinned cache file: where it is, and which inode (see tree-ops-thread.ts keep()). */
-type CacheFile = { source: string } & FileIdentity;
-
 /**
  * The cache files one input root links, each pinned once until release(). Looked up by hash
  * alone, with no key string built per file: the CAS check before this (findMissing) leaves one
  * size per hash.
  */
 class PinnedCacheFiles {
-  private readonly plain = new Map<string, CacheFile>();
-  private readonly executable = new Map<string, CacheFile>();
-  private readonly pinned: PinnedFile[] = [];
+  private readonly plain = new Map<string, PinnedFile>();
+  private readonly executable = new Map<string, PinnedFile>();
   private released = false;
 
   constructor(private readonly cache: FileCache) {}
 
-  get(file: CacheVariant): CacheFile | undefined {
+  get(file: CacheVariant): PinnedFile | undefined {
     return (file.isExecutable ? this.executable : this.plain).get(file.digest.hash);
   }
 
-  /** Records a pin the cache just gave (pin() or pinIfPresent()). */
+  /** Records a pin the cache just gave (pin() or pinIfPresent()), once per variant. */
   add(file: CacheVariant, pinned: PinnedFile): void {
-    this.pinned.push(pinned);
-    const { ino, dev } = pinned.identity;
-    (file.isExecutable ? this.executable : this.plain).set(file.digest.hash, { source: pinned.path, ino, dev });
+    (file.isExecutable ? this.executable : this.plain).set(file.digest.hash, pinned);
   }
 
   release(): void {
     if (this.released) return;
     this.released = true;
-    for (const p of this.pinned) this.cache.unpinFile(p);
+    for (const p of this.plain.values()) this.cache.unpinFile(p);
+    for (const p of this.executable.values()) this.cache.unpinFile(p);
   }
 }
 
@@ -385,8 +380,8 @@ function createTree(opts: MaterializeOptions, plan: Plan, pins: PinnedCacheFiles
   });
 }
 
-function plannedFile(f: Plan['files'][number], c: CacheFile): PlannedFile {
-  return { path: f.path, source: c.source, executable: f.isExecutable, ino: c.ino, dev: c.dev };
+function plannedFile(f: Plan['files'][number], c: PinnedFile): PlannedFile {
+  return { path: f.path, source: c.path, executable: f.isExecutable, ino: c.identity.ino, dev: c.identity.dev };
 }
 
 /** A new directory, mode 0755 whatever the worker's umask, owned by uid/gid when given. */
