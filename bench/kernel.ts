@@ -10,6 +10,11 @@
 // otherwise also pay for rebuilding scripts/kconfig and re-running syncconfig.
 // The embedded worker runs on this machine: it shares the cores with make (--worker-slots).
 //
+// A second plain baseline runs the same make in the toolchain image the actions use: the tools
+// on the host may differ. Here they do: the host's nm loads every bfd plugin, LLVMgold among them
+// (Debian's llvm-14-linker-tools), and costs 18 ms of CPU a call where the image's costs ~1.5;
+// kbuild calls it once per object, ~9 CPU-s a build that reapi-cc's actions never pay.
+//
 //   node dist/bench/kernel.js [--work DIR] [--jobs N] [--remote-jobs N] [--worker-slots N] [--check] [--only-check]
 // Needs Docker, the toolchain image, ccache and /usr/src/linux-source-6.1.tar.xz.
 import { execFileSync, spawn } from 'node:child_process';
@@ -18,6 +23,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { DEFAULT_IMAGE } from '../bin/options';
 import { REPO_ROOT, ServerProcess, startServerProcess, tempDir } from '../test/helpers/server-process';
 import { printTable } from './helpers/stats';
 
@@ -130,6 +136,15 @@ async function main(): Promise<void> {
   const plainNoop = await median3(() => timed(tree, 'make', [`-j${jobs}`], {}));
   rows.push(['plain make no-op (median of 3)', plainNoop]);
 
+  log(`plain make -j${jobs} in ${DEFAULT_IMAGE}`);
+  await clean();
+  const inImage = await timed(tree, 'docker', [
+    'run', '--rm', '--network', 'none', '--user', `${process.getuid!()}:${process.getgid!()}`, '-v', `${tree}:${tree}`, '-w', tree,
+    ...Object.keys(FIXED).flatMap((name) => ['-e', name]), DEFAULT_IMAGE, 'make', `-j${jobs}`,
+  ], {});
+  rows.push([`plain make -j${jobs} in the toolchain image`, inImage]);
+  if (values.check || values['only-check']) problems.push(...compareSums('plain make in the toolchain image', plainSums, objectSums(tree)));
+
   let ccacheWarm = NaN;
   if (!values['only-check']) {
     const ccacheDir = tempDir('ccache');
@@ -166,6 +181,7 @@ async function main(): Promise<void> {
     printTable('goals', [
       goal('reapi-cc warm / ccache warm', times.warm / ccacheWarm, 0.5),
       goal('reapi-cc cold / plain make', times.cold / plain, 1.15),
+      goal('reapi-cc cold / plain make in the toolchain image', times.cold / inImage, 1.15),
       goal('reapi-cc no-op / plain no-op', noop / plainNoop, 1.2),
     ]);
   } finally {

@@ -2,6 +2,7 @@
 // The reapi command: `reapi serve` runs a server (by default with a Docker worker inside),
 // `reapi worker` a standalone worker of a farm that shares one Redis, `reapi token` makes and
 // hashes tokens for `reapi serve --tokens`.
+import { growHeapGenerously } from './heap-growth';
 import { ENVIRONMENT_USAGE } from './options';
 import type * as ServeCommand from './serve';
 import type * as TokenCommand from './token';
@@ -45,6 +46,7 @@ async function main(): Promise<void> {
   }
 }
 
+growHeapGenerously();
 main().catch((err: unknown) => {
   process.stderr.write(`reapi: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);

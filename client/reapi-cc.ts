@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { growHeapGenerously } from '../bin/heap-growth';
 import { parseCompileCommand } from './compile-args';
 import { ClientConfig, loadConfig } from './config';
 import { inTree } from './input-discovery';
@@ -203,6 +204,7 @@ function runChild(file: string, args: string[], env: NodeJS.ProcessEnv): Promise
   });
 }
 
+growHeapGenerously();
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
