@@ -2,8 +2,8 @@
 // long-lived processes, the server and reapi-cc's make session, keep ~60-80 MB of caches alive
 // and allocate steadily; V8's own choice (a factor near 1.1 while collection pauses are short)
 // made each of them run a full mark-compact every few seconds of a cold kernel build, 23-25 per
-// build. Doubling the live size costs ~80 MB more at peak and cuts that to 9-11: ~2 CPU-s less
-// per cold build across both processes (perf and per-thread CPU, alternating runs).
+// build. Letting it double costs ~30-40 MB more at peak and cuts that to 9-11: ~2-3 CPU-s less
+// per cold build across both processes (process and per-thread CPU, alternating runs).
 import { setFlagsFromString } from 'node:v8';
 
 const FLAG = '--heap-growing-percent';
