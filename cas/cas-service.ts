@@ -26,9 +26,13 @@ export class CasService {
   async findMissingBlobs(req: rex.FindMissingBlobsRequest): Promise<rex.FindMissingBlobsResponse.$Properties> {
     requireSha256(req.digestFunction);
     const instance = validateInstanceName(req.instanceName);
-    const digests = req.blobDigests.map((d, i) => validateDigest(d, () => `blob_digests[${i}]`));
-    // A blob this server would refuse to store can never be uploaded: say so instead of "missing".
-    digests.forEach((d, i) => checkBlobSize(d, this.limits.maxBlobBytes, () => `blob_digests[${i}]`));
+    const digests = req.blobDigests.map((d, i) => {
+      const what = () => `blob_digests[${i}]`;
+      const digest = validateDigest(d, what);
+      // A blob this server would refuse to store can never be uploaded: say so instead of "missing".
+      checkBlobSize(digest, this.limits.maxBlobBytes, what);
+      return digest;
+    });
     return { missingBlobDigests: await this.storage.cas(instance).findMissing(digests) };
   }
 

@@ -85,16 +85,16 @@ describe('FileCache', () => {
   test('fetches once, also for concurrent callers, and keeps content read-only', async () => {
     const cache = new FileCache(await freshDir('cache'), access);
     const digest = await putBlob('cached once');
-    const paths = await Promise.all([1, 2, 3, 4, 5].map(() => cache.ensure(INSTANCE, digest, false)));
+    const paths = await Promise.all([1, 2, 3, 4, 5].map(async () => (await cache.pin(INSTANCE, digest, false)).path));
     assert.equal(new Set(paths).size, 1);
     assert.equal(cache.stats().fetches, 1);
-    await cache.ensure(INSTANCE, digest, false);
-    assert.equal(cache.stats().fetches, 1, 'second ensure() must not refetch');
+    await cache.pin(INSTANCE, digest, false);
+    assert.equal(cache.stats().fetches, 1, 'second pin() must not refetch');
     assert.equal(await fs.readFile(paths[0], 'utf8'), 'cached once');
     assert.equal((await fs.stat(paths[0])).mode & 0o7777, 0o444);
 
     // The executable variant is its own inode (modes are per inode), copied locally.
-    const exe = await cache.ensure(INSTANCE, digest, true);
+    const exe = (await cache.pin(INSTANCE, digest, true)).path;
     assert.notEqual(exe, paths[0]);
     assert.equal((await fs.stat(exe)).mode & 0o7777, 0o555);
     assert.notEqual((await fs.stat(exe)).ino, (await fs.stat(paths[0])).ino);
@@ -115,7 +115,7 @@ describe('FileCache', () => {
     await access.adoptFile(INSTANCE, digest, output, await fs.lstat(output));
     const stored = await fs.stat(path.join(storage.root, 'instances', INSTANCE, 'cas', digest.hash.slice(0, 2), digest.hash));
     const cache = new FileCache(await freshDir('cache'), access);
-    const cached = await fs.stat(await cache.ensure(INSTANCE, digest, false));
+    const cached = await fs.stat((await cache.pin(INSTANCE, digest, false)).path);
     assert.notEqual(cached.ino, stored.ino, 'a copy, not the action\'s inode');
     assert.equal(await fs.readFile(cache.pathOf(digest, false), 'utf8'), 'an action wrote this');
   });
@@ -123,7 +123,7 @@ describe('FileCache', () => {
   test('a missing blob is FAILED_PRECONDITION naming it', async () => {
     const cache = new FileCache(await freshDir('cache'), access);
     const absent = digestOf(Buffer.from('never uploaded'));
-    const err = await rpcFailure(cache.ensure(INSTANCE, absent, false), status.FAILED_PRECONDITION, [absent.hash]);
+    const err = await rpcFailure(cache.pin(INSTANCE, absent, false), status.FAILED_PRECONDITION, [absent.hash]);
     assert.deepEqual(err.missing, [digestKey(absent)]);
   });
 
@@ -135,7 +135,7 @@ describe('FileCache', () => {
     const stored = path.join(storage.root, 'instances', INSTANCE, 'cas', digest.hash.slice(0, 2), digest.hash);
     await fs.chmod(stored, 0o644);
     await fs.writeFile(stored, 'WILL BE CORRUPTED');
-    await assert.rejects(cache.ensure(INSTANCE, digest, false), new RegExp(`${digest.hash}.*refusing`));
+    await assert.rejects(cache.pin(INSTANCE, digest, false), new RegExp(`${digest.hash}.*refusing`));
     await assert.rejects(fs.stat(cache.pathOf(digest, false)), { code: 'ENOENT' });
     assert.deepEqual(await fs.readdir(path.join(dir, 'tmp')), []);
   });
@@ -144,21 +144,20 @@ describe('FileCache', () => {
     // Room for two 6-byte files, not three.
     const cache = new FileCache(await freshDir('cache'), access, { maxBytes: 13 });
     const [a, b, c, d] = await Promise.all(['aaaaaa', 'bbbbbb', 'cccccc', 'dddddd'].map(putBlob));
-    for (const x of [a, b, c]) await cache.ensure(INSTANCE, x, false);
+    const [pinA, pinB, pinC] = [await cache.pin(INSTANCE, a, false), await cache.pin(INSTANCE, b, false), await cache.pin(INSTANCE, c, false)];
     // All pinned: over budget, but nothing may go.
     assert.equal(cache.stats().bytes, 18);
     for (const x of [a, b, c]) assert.ok(await exists(cache.pathOf(x, false)));
 
-    cache.unpin(a, false); // a is unpinned while over budget: evicted at once
+    cache.unpinFile(pinA); // a is unpinned while over budget: evicted at once
     await cache.evictionsSettled();
     assert.equal(await exists(cache.pathOf(a, false)), false);
     assert.equal(cache.stats().bytes, 12);
 
-    cache.unpin(b, false);
-    cache.unpin(c, false);
-    await cache.ensure(INSTANCE, b, false); // b is now more recently used than c
-    cache.unpin(b, false);
-    await cache.ensure(INSTANCE, d, false);
+    cache.unpinFile(pinB);
+    cache.unpinFile(pinC);
+    cache.unpinFile(await cache.pin(INSTANCE, b, false)); // b is now more recently used than c
+    await cache.pin(INSTANCE, d, false);
     await cache.evictionsSettled();
     assert.equal(await exists(cache.pathOf(c, false)), false, 'c was the least recently used');
     assert.ok(await exists(cache.pathOf(b, false)));
@@ -167,20 +166,20 @@ describe('FileCache', () => {
 
     // Evicted content comes back on demand (fetched again).
     const fetches = cache.stats().fetches;
-    await cache.ensure(INSTANCE, a, false);
+    await cache.pin(INSTANCE, a, false);
     assert.equal(await fs.readFile(cache.pathOf(a, false), 'utf8'), 'aaaaaa');
     assert.equal(cache.stats().fetches, fetches + 1);
-    assert.throws(() => cache.unpin(c, false), /not pinned/);
+    assert.throws(() => cache.unpinFile(pinC), /not pinned/);
   });
 
   test('a new cache on the same directory adopts complete files and drops debris', async () => {
     const dir = await freshDir('cache');
     const digest = await putBlob('survives restarts');
-    await new FileCache(dir, access).ensure(INSTANCE, digest, true);
+    await new FileCache(dir, access).pin(INSTANCE, digest, true);
     await fs.writeFile(path.join(dir, 'tmp', 'partial.tmp'), 'x');
     await fs.writeFile(path.join(dir, digest.hash.slice(0, 2), 'garbage'), 'x');
     const again = new FileCache(dir, access);
-    await again.ensure(INSTANCE, digest, true);
+    await again.pin(INSTANCE, digest, true);
     assert.equal(again.stats().fetches, 0);
     assert.deepEqual(await fs.readdir(path.join(dir, 'tmp')), []);
     assert.deepEqual(await fs.readdir(path.join(dir, digest.hash.slice(0, 2))), [`${digest.hash}-${digest.sizeBytes}.x`]);

@@ -9,8 +9,8 @@
 //   DIR/ab/<hash>-<size>.x   executable variant, 0555 (a separate inode: hardlinks share modes)
 //   DIR/tmp/                 fetches in progress, emptied at start
 //
-// Eviction is least-recently-used by bytes, and never touches a pinned file: every ensure()
-// pins, and the caller unpins once the action that linked the file has finished.
+// Eviction is least-recently-used by bytes, and never touches a pinned file: every pin() or
+// pinIfPresent() pins, and the caller unpins once the action that linked the file has finished.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { Digest, digestKey, isEmptyDigest } from '../cas/digest';
@@ -58,7 +58,7 @@ export class FileCache {
   readonly maxBytes: number;
   /** Cached files by name, least recently used first (Map keeps insertion order). */
   private readonly entries = new Map<string, Entry>();
-  private readonly filling = new Map<string, Promise<unknown>>();
+  private readonly filling = new Map<string, Promise<PinnedFile>>();
   /** Evicted files whose unlink is still running: a refill of the same name waits for it. */
   private readonly removing = new Map<string, Promise<void>>();
   private readonly tmpDir: string;
@@ -72,22 +72,17 @@ export class FileCache {
     this.maxBytes = opts.maxBytes ?? DEFAULT_CACHE_BYTES;
   }
 
-  /** Where the file for this content and mode lives (present only after ensure()). */
+  /** Where the file for this content and mode lives (present only after pin()). */
   pathOf(digest: Digest, executable: boolean): string {
     // Joined by hand: asked for every input of every action, and `dir` is already resolved.
     return `${this.dir}/${digest.hash.slice(0, 2)}/${fileName(digest, executable)}`;
   }
 
   /**
-   * The path of a cache file with this content and mode, fetching it from the CAS (verifying
-   * its SHA-256) if needed. Concurrent calls for the same file fetch once. The file is pinned:
-   * every successful call must be matched by one unpin() when the caller stops using it.
+   * The cache file with this content and mode, fetched from the CAS (its SHA-256 verified) if
+   * needed. Concurrent calls for the same file fetch once. The file is pinned: every successful
+   * call must be matched by one unpinFile() when the caller stops using it.
    */
-  async ensure(instanceName: string, digest: Digest, executable: boolean): Promise<string> {
-    return (await this.pin(instanceName, digest, executable)).path;
-  }
-
-  /** ensure(), answering with the pinned file itself: unpinFile() then needs no lookup. */
   async pin(instanceName: string, digest: Digest, executable: boolean): Promise<PinnedFile> {
     await this.init();
     const name = fileName(digest, executable);
@@ -111,8 +106,8 @@ export class FileCache {
   }
 
   /**
-   * ensure() for a file the cache already holds, without a promise: an action's inputs are
-   * mostly there already, and a kernel compile has hundreds. Undefined: call ensure().
+   * pin() for a file the cache already holds, without a promise: an action's inputs are
+   * mostly there already, and a kernel compile has hundreds. Undefined: call pin().
    */
   pinIfPresent(digest: Digest, executable: boolean): PinnedFile | undefined {
     const name = fileName(digest, executable);
@@ -123,14 +118,7 @@ export class FileCache {
     return entry;
   }
 
-  unpin(digest: Digest, executable: boolean): void {
-    const name = fileName(digest, executable);
-    const entry = this.entries.get(name);
-    if (!entry) throw new Error(`file cache: unpin of ${name}, which is not pinned`);
-    this.unpinFile(entry);
-  }
-
-  /** unpin() of what pin() or pinIfPresent() gave: a pinned entry stays in the cache, so it is the one to count down. */
+  /** Unpins what pin() or pinIfPresent() gave: a pinned entry stays in the cache, so it is the one to count down. */
   unpinFile(file: PinnedFile): void {
     const entry = file as Entry;
     if (entry.pins === 0) throw new Error(`file cache: unpin of ${entry.path}, which is not pinned`);
@@ -201,9 +189,9 @@ export class FileCache {
         // The other mode's file already holds verified content: a local copy beats a fetch.
         other.pins++;
         try {
-          await fs.copyFile(this.pathOf(digest, !executable), tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
+          await fs.copyFile(other.path, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
         } finally {
-          this.unpin(digest, !executable);
+          this.unpinFile(other);
         }
       } else {
         // The CAS's own file where possible: the cache then keeps no second copy of what the

@@ -188,31 +188,39 @@ export function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
 type CacheVariant = { digest: Digest; isExecutable: boolean };
 
 /**
- * The cache files one input root links, each pinned once until release(). Looked up by hash
- * alone, with no key string built per file: the CAS check before this (findMissing) leaves one
- * size per hash.
+ * Values by cache variant (content and mode), looked up by hash alone with no key string built
+ * per file: the CAS check before staging (findMissing) leaves one size per hash.
  */
-class PinnedCacheFiles {
-  private readonly plain = new Map<string, PinnedFile>();
-  private readonly executable = new Map<string, PinnedFile>();
-  private released = false;
+class VariantMap<T> {
+  private readonly plain = new Map<string, T>();
+  private readonly executable = new Map<string, T>();
 
-  constructor(private readonly cache: FileCache) {}
-
-  get(file: CacheVariant): PinnedFile | undefined {
+  get(file: CacheVariant): T | undefined {
     return (file.isExecutable ? this.executable : this.plain).get(file.digest.hash);
   }
 
-  /** Records a pin the cache just gave (pin() or pinIfPresent()), once per variant. */
-  add(file: CacheVariant, pinned: PinnedFile): void {
-    (file.isExecutable ? this.executable : this.plain).set(file.digest.hash, pinned);
+  set(file: CacheVariant, value: T): void {
+    (file.isExecutable ? this.executable : this.plain).set(file.digest.hash, value);
+  }
+
+  *values(): IterableIterator<T> {
+    yield* this.plain.values();
+    yield* this.executable.values();
+  }
+}
+
+/** The cache files one input root links, each pinned once until release(). */
+class PinnedCacheFiles extends VariantMap<PinnedFile> {
+  private released = false;
+
+  constructor(private readonly cache: FileCache) {
+    super();
   }
 
   release(): void {
     if (this.released) return;
     this.released = true;
-    for (const p of this.plain.values()) this.cache.unpinFile(p);
-    for (const p of this.executable.values()) this.cache.unpinFile(p);
+    for (const p of this.values()) this.cache.unpinFile(p);
   }
 }
 
@@ -223,20 +231,18 @@ class PinnedCacheFiles {
  */
 async function ensureCacheFiles(opts: MaterializeOptions, files: Plan['files'], pins: PinnedCacheFiles): Promise<void> {
   const toFetch: CacheVariant[] = [];
-  const fetching = { plain: new Set<string>(), executable: new Set<string>() };
+  const queued = new VariantMap<true>();
   for (const file of files) {
-    if (pins.get(file)) continue;
-    const queued = file.isExecutable ? fetching.executable : fetching.plain;
-    if (queued.has(file.digest.hash)) continue;
+    if (pins.get(file) || queued.get(file)) continue;
     const present = opts.cache.pinIfPresent(file.digest, file.isExecutable);
-    if (present) pins.add(file, present);
+    if (present) pins.set(file, present);
     else {
-      queued.add(file.digest.hash);
+      queued.set(file, true);
       toFetch.push(file);
     }
   }
   const limit = limiter(FETCH_CONCURRENCY);
-  await settleAll(toFetch.map((file) => limit(async () => pins.add(file, await opts.cache.pin(opts.instanceName, file.digest, file.isExecutable)))));
+  await settleAll(toFetch.map((file) => limit(async () => pins.set(file, await opts.cache.pin(opts.instanceName, file.digest, file.isExecutable)))));
 }
 
 /** Like Promise.all, but rejects (with the first failure) only once every task has settled: nothing runs on after it. */
