@@ -113,19 +113,25 @@ for (const [kind, root] of [['at an InputRootAbsolutePath', treePath()], ['in a 
   test(`an action that tampers with its inputs leaves the next action ${kind} exactly its own tree`, async () => {
     // A container's input root keeps the last tree, and staging the next one keeps what is still
     // wanted: whatever the first action removed, replaced, moved, added or locked must not reach
-    // the second, which has the same inputs plus one (and runs in the same warm container).
-    const inputs = { 'src/a.h': 'A\n', 'src/b.h': 'B\n', 'src/keep/c.h': 'C\n', 'top.txt': 'T\n' };
+    // the second, which has the same inputs plus one (and runs in the same warm container). The
+    // staging remembers the directories it left; one the action changed and then dated back
+    // (quiet/) must not pass for untouched.
+    const inputs = { 'src/a.h': 'A\n', 'src/b.h': 'B\n', 'src/keep/c.h': 'C\n', 'top.txt': 'T\n', 'quiet/q.h': 'Q\n' };
     const tamper = [
       'cat /etc/hostname', 'rm src/a.h', 'rm src/b.h && echo evil > src/b.h', 'mv src/keep src/moved && mkdir src/keep && echo extra > src/keep/extra.h',
       'mv top.txt top.old && ln -s src/b.h top.txt', 'mkdir locked && chmod 000 locked', 'echo junk > junk.txt', 'chmod 000 src',
+      'touch -r quiet /tmp/quiet.time && echo sneaky > quiet/sneaky.h && touch -m -r /tmp/quiet.time quiet',
     ].join(' && ');
+    // Staged once before, so that the tampering action's tree is one the staging remembers.
+    await succeeded(await run(root, { args: ['true'], inputs, salt: `before-${kind}` }));
     const tampered = await succeeded(await run(root, { args: ['sh', '-c', tamper], inputs, salt: `tamper-${kind}` }));
-    const list = 'cat /etc/hostname && find . | sort && cat src/a.h src/b.h src/keep/c.h top.txt new.txt && stat -c %a src src/keep && test ! -L top.txt';
+    const list = 'cat /etc/hostname && find . | sort && cat src/a.h src/b.h src/keep/c.h top.txt quiet/q.h new.txt && stat -c %a src src/keep && test ! -L top.txt';
     const result = await succeeded(await run(root, { args: ['sh', '-c', list], inputs: { ...inputs, 'new.txt': 'N\n' }, salt: `list-${kind}` }));
     const container = await text(tampered.stdoutDigest);
     assert.equal(
       await text(result.stdoutDigest),
-      container + ['.', './new.txt', './src', './src/a.h', './src/b.h', './src/keep', './src/keep/c.h', './top.txt', 'A', 'B', 'C', 'T', 'N', '755', '755', ''].join('\n'),
+      container +
+        ['.', './new.txt', './quiet', './quiet/q.h', './src', './src/a.h', './src/b.h', './src/keep', './src/keep/c.h', './top.txt', 'A', 'B', 'C', 'T', 'Q', 'N', '755', '755', ''].join('\n'),
     );
   });
 }

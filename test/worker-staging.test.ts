@@ -389,6 +389,65 @@ describe('materializeInputRoot', () => {
   });
 });
 
+describe('a reused input root', () => {
+  /** Every path under root with its content (files), link target (symlinks) or mode (directories). */
+  async function listing(root: string): Promise<string[]> {
+    const out: string[] = [];
+    const visit = async (dir: string, rel: string) => {
+      for (const name of (await fs.readdir(dir)).sort()) {
+        const at = path.join(dir, name);
+        const st = await fs.lstat(at);
+        const p = rel ? `${rel}/${name}` : name;
+        if (st.isDirectory()) {
+          out.push(`${p}/ ${(st.mode & 0o7777).toString(8)}`);
+          await visit(at, p);
+        } else if (st.isSymbolicLink()) out.push(`${p} -> ${await fs.readlink(at)}`);
+        else out.push(`${p}: ${await fs.readFile(at, 'utf8')}`);
+      }
+    };
+    await visit(root, '');
+    return out;
+  }
+
+  async function tree(files: Record<string, string>): Promise<Digest> {
+    const node = async (prefix: string): Promise<Digest> => {
+      const names = Object.keys(files).filter((f) => f.startsWith(prefix)).map((f) => f.slice(prefix.length));
+      const dirs = [...new Set(names.filter((n) => n.includes('/')).map((n) => n.split('/')[0]))].sort();
+      return putDirectory({
+        files: await Promise.all(names.filter((n) => !n.includes('/')).sort().map(async (name) => ({ name, digest: await putBlob(files[prefix + name]) }))),
+        directories: await Promise.all(dirs.map(async (name) => ({ name, digest: await node(`${prefix}${name}/`) }))),
+      });
+    };
+    return node('');
+  }
+
+  test('the staging remembers the tree it left, and trusts none of it that was changed since', async () => {
+    // Staged again and again into one directory, as in a container's own input root. The staging
+    // skips listing directories nothing changed since it left them (their mtime and ctime show
+    // it); what the "actions" here do between stagings must show up all the same, also a change
+    // made and then dated back with touch (ctime), and the next tree must come out exact.
+    const cache = new FileCache(await freshDir('cache'), access);
+    const slot = await freshDir('slot');
+    const dest = path.join(slot, 'root');
+    const stage = async (files: Record<string, string>) =>
+      (await materializeInputRoot({ instanceName: INSTANCE, rootDigest: await tree(files), access, cache, dest, uid: 1000, gid: 1000, timestampProbe: path.join(slot, 'probe') })).release();
+    const first = { 'inc/a.h': 'A', 'inc/b.h': 'B', 'inc/sub/c.h': 'C', 'src/x.c': 'X' };
+    await stage(first);
+    await stage(first);
+    const inc = path.join(dest, 'inc');
+    execFileSync('sh', ['-c', 'touch -r "$1" "$1/../when" && echo junk > "$1/junk.h" && touch -m -r "$1/../when" "$1" && rm "$1/../when"', 'sh', inc]);
+    await fs.chmod(path.join(inc, 'sub'), 0o700);
+    await fs.writeFile(path.join(dest, 'src/x.o'), 'output');
+    await stage({ 'inc/a.h': 'A2', 'inc/b.h': 'B', 'inc/new.h': 'N', 'src/x.c': 'X', 'inc/sub/c.h': 'C' });
+    assert.deepEqual(await listing(dest), ['inc/ 755', 'inc/a.h: A2', 'inc/b.h: B', 'inc/new.h: N', 'inc/sub/ 755', 'inc/sub/c.h: C', 'src/ 755', 'src/x.c: X']);
+    // Untouched since: the remembered tree gives way to the next plan's.
+    await stage({ 'inc/b.h': 'B', 'src/x.c': 'X2', 'src/y.c': 'Y' });
+    assert.deepEqual(await listing(dest), ['inc/ 755', 'inc/b.h: B', 'src/ 755', 'src/x.c: X2', 'src/y.c: Y']);
+    await stage(first);
+    assert.deepEqual(await listing(dest), ['inc/ 755', 'inc/a.h: A', 'inc/b.h: B', 'inc/sub/ 755', 'inc/sub/c.h: C', 'src/ 755', 'src/x.c: X']);
+  });
+});
+
 describe('collectOutputs', () => {
   function command(fields: rex.Command.$Properties): rex.Command {
     return rex.Command.create({ arguments: ['true'], ...fields });

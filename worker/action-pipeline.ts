@@ -154,6 +154,7 @@ async function runAction(
         gid,
         directoryCache,
         extraDirectories,
+        timestampProbe: slot.timestampProbe,
       }).then((staged) => (held.unpinInputs = staged.release)), // recorded at once: release() must unpin whatever else fails
     ]);
     // Mostly made with the inputs already: this checks them, and makes those past input symlinks.

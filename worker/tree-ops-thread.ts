@@ -4,13 +4,37 @@
 // nothing else to do meanwhile.
 import { parentPort } from 'node:worker_threads';
 import {
-  chmodSync, chownSync, constants, copyFileSync, Dirent, lchownSync, linkSync, lstatSync, mkdirSync, readdirSync, readlinkSync, rmdirSync,
-  symlinkSync, unlinkSync,
+  chmodSync, chownSync, closeSync, constants, copyFileSync, Dirent, fstatSync, lchownSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync,
+  readlinkSync, rmdirSync, Stats, symlinkSync, unlinkSync, writeSync,
 } from 'node:fs';
 import * as path from 'node:path';
 import { decodeFiles, DIRECTORY_MODE, SyncTreeJob, TreeJob } from './tree-ops';
 
 type Want = { kind: 'dir' } | { kind: 'file'; source: string; executable: boolean; ino: number; dev: number } | { kind: 'symlink'; target: string };
+
+/**
+ * A directory as a sync left it: its entries (a copied file with ino -1: no cache inode) and its
+ * stamp right after. While the stamp holds, nothing was created, removed, renamed, chmodded or
+ * chowned in it since, so the next sync of the root need not list it nor lstat its entries.
+ * The stamp is trusted only if it is older than the probe time taken after the sync, before the
+ * action ran: every change the action makes is then stamped later (file system timestamps come
+ * from one clock, whose coarse ticks never go below a fine-grained time already handed out), so
+ * no change can hide behind an equal timestamp.
+ */
+interface DirMemory {
+  dev: number;
+  ino: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  entries: Map<string, Want>;
+  trusted: boolean;
+}
+
+type TreeMemory = Map<string, DirMemory>;
+
+/** Roots remembered by this thread (a container's input root each), the least recently synced first. */
+const memories = new Map<string, TreeMemory>();
+const MAX_REMEMBERED_ROOTS = 64;
 
 parentPort!.on('message', (job: TreeJob & { id: number }) => {
   try {
@@ -27,7 +51,8 @@ parentPort!.on('message', (job: TreeJob & { id: number }) => {
  * Makes `root` hold exactly the planned tree. Whatever is there already (the last action's tree
  * in a container's own input root) is kept where it is what the plan wants -- the same cache
  * inode, the same symlink target, a directory -- and removed otherwise; so is everything the plan
- * does not name. Kept directories get their owner and mode back, whatever the action did.
+ * does not name. Kept directories get their owner and mode back, whatever the action did. With
+ * a probe, the tree is remembered (DirMemory) for the next sync of this root.
  */
 function syncTree(job: SyncTreeJob): void {
   const wanted = new Map<string, Map<string, Want>>([['', new Map()]]);
@@ -45,6 +70,11 @@ function syncTree(job: SyncTreeJob): void {
   for (const f of decodeFiles(job.files)) entriesOf(f.path).set(path.posix.basename(f.path), { kind: 'file', source: f.source, executable: f.executable, ino: f.ino, dev: f.dev });
   for (const l of job.symlinks) entriesOf(l.path).set(path.posix.basename(l.path), { kind: 'symlink', target: l.target });
 
+  // Taken out while syncing: a sync that fails half way leaves nothing remembered.
+  const last = memories.get(job.root);
+  memories.delete(job.root);
+  const next: TreeMemory | undefined = job.probe ? new Map() : undefined;
+
   let existed = true;
   try {
     mkdirSync(job.root, DIRECTORY_MODE);
@@ -52,43 +82,111 @@ function syncTree(job: SyncTreeJob): void {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   }
-  ownDirectory(job, job.root, existed);
-  syncDirectory(job, wanted, job.root, '', existed);
+  if (!existed) ownDirectory(job, job.root);
+  syncDirectory({ job, wanted, last, next }, job.root, '', existed);
+
+  if (job.probe && next) {
+    const now = probeTime(job.probe, next.get('')!.dev);
+    for (const dir of next.values()) dir.trusted = dir.mtimeMs < now && dir.ctimeMs < now;
+    memories.set(job.root, next);
+    if (memories.size > MAX_REMEMBERED_ROOTS) memories.delete(memories.keys().next().value!);
+  }
 }
 
-function syncDirectory(job: SyncTreeJob, wanted: Map<string, Map<string, Want>>, abs: string, rel: string, existed: boolean): void {
-  const want = wanted.get(rel)!;
-  const present = new Set<string>();
+interface SyncContext {
+  job: SyncTreeJob;
+  wanted: Map<string, Map<string, Want>>;
+  last: TreeMemory | undefined;
+  next: TreeMemory | undefined;
+}
+
+function syncDirectory(ctx: SyncContext, abs: string, rel: string, existed: boolean): void {
+  const want = ctx.wanted.get(rel)!;
+  const now = new Map<string, Want>(); // what the directory holds as this sync leaves it
+  let changed = false;
+  let st: Stats | undefined;
   if (existed) {
-    for (const entry of readdirSync(abs, { withFileTypes: true })) {
-      const w = want.get(entry.name);
-      const at = path.join(abs, entry.name);
-      if (w && keep(job, w, entry, at)) {
-        present.add(entry.name);
-        if (w.kind === 'dir') {
-          ownDirectory(job, at, true);
-          syncDirectory(job, wanted, at, rel ? `${rel}/${entry.name}` : entry.name, true);
+    st = lstatSync(abs);
+    const had = ctx.last?.get(rel);
+    if (had?.trusted && had.ino === st.ino && had.dev === st.dev && had.mtimeMs === st.mtimeMs && had.ctimeMs === st.ctimeMs) {
+      for (const [name, was] of had.entries) {
+        const w = want.get(name);
+        if (w && sameEntry(w, was)) {
+          now.set(name, was);
+          if (w.kind === 'dir') syncDirectory(ctx, path.join(abs, name), rel ? `${rel}/${name}` : name, true);
+        } else {
+          removeEntry(path.join(abs, name), was.kind === 'dir');
+          changed = true;
         }
-      } else {
-        removeEntry(at, entry.isDirectory());
+      }
+    } else {
+      changed = ownDirectory(ctx.job, abs, st);
+      for (const entry of readdirSync(abs, { withFileTypes: true })) {
+        const w = want.get(entry.name);
+        const at = path.join(abs, entry.name);
+        if (w && keep(ctx.job, w, entry, at)) {
+          now.set(entry.name, w);
+          if (w.kind === 'dir') syncDirectory(ctx, at, rel ? `${rel}/${entry.name}` : entry.name, true);
+        } else {
+          removeEntry(at, entry.isDirectory());
+          changed = true;
+        }
       }
     }
   }
   for (const [name, w] of want) {
-    if (present.has(name)) continue;
+    if (now.has(name)) continue;
+    changed = true;
     const at = path.join(abs, name);
     if (w.kind === 'dir') {
       mkdirSync(at, DIRECTORY_MODE);
-      ownDirectory(job, at, false);
-      syncDirectory(job, wanted, at, rel ? `${rel}/${name}` : name, false);
+      ownDirectory(ctx.job, at);
+      now.set(name, w);
+      syncDirectory(ctx, at, rel ? `${rel}/${name}` : name, false);
     } else if (w.kind === 'file') {
-      linkOrCopy(w.source, at, w.executable);
+      now.set(name, linkOrCopy(w.source, at, w.executable) ? w : { ...w, ino: -1 });
     } else {
       symlinkSync(w.target, at);
-      if (job.uid !== undefined || job.gid !== undefined) lchownSync(at, job.uid ?? -1, job.gid ?? -1);
+      if (ctx.job.uid !== undefined || ctx.job.gid !== undefined) lchownSync(at, ctx.job.uid ?? -1, ctx.job.gid ?? -1);
+      now.set(name, w);
     }
   }
+  if (ctx.next) {
+    if (changed || !st) st = lstatSync(abs);
+    ctx.next.set(rel, { dev: st.dev, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, entries: now, trusted: false });
+  }
 }
+
+/** Whether a remembered entry is what the plan wants now. */
+function sameEntry(w: Want, was: Want): boolean {
+  if (w.kind === 'dir') return was.kind === 'dir';
+  if (w.kind === 'file') return was.kind === 'file' && was.ino === w.ino && was.dev === w.dev;
+  return was.kind === 'symlink' && was.target === w.target;
+}
+
+/**
+ * The file system's time now, as a change made now would be stamped: later than every stamp
+ * given so far, where the kernel can tell. The probe file is written twice: the first write
+ * stamps it with the clock's current tick; reading that stamp (fstat) then makes the second
+ * write's stamp fine-grained on kernels with multigrain timestamps (Linux 6.13+), as its tick
+ * has not moved on; elsewhere it is the tick itself, and directories changed within it are not
+ * trusted. -Infinity, trusting nothing, if the probe is on another file system, whose stamps may
+ * be coarser.
+ */
+function probeTime(probe: string, dev: number): number {
+  const fd = openSync(probe, constants.O_WRONLY | constants.O_CREAT, 0o600);
+  try {
+    writeSync(fd, PROBE_BYTE, 0, 1, 0);
+    fstatSync(fd);
+    writeSync(fd, PROBE_BYTE, 0, 1, 0);
+    const st = fstatSync(fd);
+    return st.dev === dev ? st.mtimeMs : -Infinity;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const PROBE_BYTE = Buffer.from('.');
 
 /** Whether an entry already on disk is what the plan wants there. */
 function keep(job: SyncTreeJob, w: Want, entry: Dirent, at: string): boolean {
@@ -108,31 +206,34 @@ function keep(job: SyncTreeJob, w: Want, entry: Dirent, at: string): boolean {
 
 /**
  * A directory's owner is the action's user; its mode 0755, whatever an action or the umask made
- * of it. A kept directory is only changed where it differs: a chown or chmod dirties the inode
- * even when nothing changes, and on ext4 dirty inode blocks keep deleted inodes "recent" (skipped
- * by every file creation) for minutes instead of seconds.
+ * of it. An existing directory (its lstat given) is only changed where it differs: a chown or
+ * chmod dirties the inode even when nothing changes, and on ext4 dirty inode blocks keep deleted
+ * inodes "recent" (skipped by every file creation) for minutes instead of seconds. Returns
+ * whether it changed anything.
  */
-function ownDirectory(job: SyncTreeJob, dir: string, existed: boolean): void {
+function ownDirectory(job: SyncTreeJob, dir: string, existing?: Stats): boolean {
   const owned = job.uid === undefined && job.gid === undefined;
-  if (existed) {
-    const st = lstatSync(dir);
-    const rightOwner = owned || ((job.uid === undefined || st.uid === job.uid) && (job.gid === undefined || st.gid === job.gid));
+  if (existing) {
+    const rightOwner = owned || ((job.uid === undefined || existing.uid === job.uid) && (job.gid === undefined || existing.gid === job.gid));
     if (!rightOwner) chownSync(dir, job.uid ?? -1, job.gid ?? -1);
-    if ((st.mode & 0o7777) !== DIRECTORY_MODE) chmodSync(dir, DIRECTORY_MODE);
-    return;
+    const rightMode = (existing.mode & 0o7777) === DIRECTORY_MODE;
+    if (!rightMode) chmodSync(dir, DIRECTORY_MODE);
+    return !rightOwner || !rightMode;
   }
   if (!owned) chownSync(dir, job.uid ?? -1, job.gid ?? -1);
   if (job.umaskTakesBits) chmodSync(dir, DIRECTORY_MODE);
+  return true;
 }
 
 /**
- * Hardlinks a cache file into the input root. A copy is the fallback only where a link cannot
- * work: another filesystem (EXDEV) or an inode at its link limit (EMLINK, e.g. an empty file
- * used thousands of times); the copy gets the same read-only mode.
+ * Hardlinks a cache file into the input root; true if linked. A copy is the fallback only where
+ * a link cannot work: another filesystem (EXDEV) or an inode at its link limit (EMLINK, e.g. an
+ * empty file used thousands of times); the copy gets the same read-only mode.
  */
-function linkOrCopy(source: string, target: string, executable: boolean): void {
+function linkOrCopy(source: string, target: string, executable: boolean): boolean {
   try {
     linkSync(source, target);
+    return true;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'EXDEV' && code !== 'EMLINK') {
@@ -140,6 +241,7 @@ function linkOrCopy(source: string, target: string, executable: boolean): void {
     }
     copyFileSync(source, target, constants.COPYFILE_EXCL);
     chmodSync(target, executable ? 0o555 : 0o444);
+    return false;
   }
 }
 

@@ -22,6 +22,13 @@ export interface SyncTreeJob {
   /** Files as one string (a long array of objects is slow to pass between threads): see encodeFiles(). */
   files: string;
   symlinks: { path: string; target: string }[];
+  /**
+   * A file of the worker's on the root's file system, beside the root and out of the actions'
+   * reach. Given for a root reused action after action: the thread then remembers the tree it
+   * left and the time it left it (written to this file), and skips listing directories no action
+   * touched since (tree-ops-thread.ts).
+   */
+  probe?: string;
 }
 
 export interface PlannedFile {
@@ -61,6 +68,8 @@ const THREADS = 2;
 interface TreeThread {
   worker: Worker;
   pending: Map<number, { resolve(): void; reject(err: Error): void }>;
+  /** Remembered roots whose syncs go to this thread. */
+  roots: number;
 }
 
 let threads: TreeThread[] | undefined;
@@ -68,7 +77,7 @@ let nextId = 0;
 
 function startThread(): TreeThread {
   const worker = new Worker(path.join(__dirname, 'tree-ops-thread.js'));
-  const thread: TreeThread = { worker, pending: new Map() };
+  const thread: TreeThread = { worker, pending: new Map(), roots: 0 };
   worker.on('message', (reply: { id: number; error?: { message: string; code?: string } }) => {
     const waiter = thread.pending.get(reply.id);
     thread.pending.delete(reply.id);
@@ -86,11 +95,37 @@ function startThread(): TreeThread {
   return thread;
 }
 
-/** Runs one job on the thread with less queued; rejects with the thread's error (message and code). */
+/** The thread that last synced each remembered root: the one that remembers it. */
+const rootThreads = new Map<string, TreeThread>();
+const MAX_ROOT_THREADS = 256;
+
+/**
+ * Runs one job on the thread with less queued, or a remembered root on the thread that
+ * remembers it; rejects with the thread's error (message and code).
+ */
 export function runTreeJob(job: TreeJob): Promise<void> {
   threads ??= [];
   while (threads.length < THREADS) threads.push(startThread());
-  const thread = threads.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+  const live = threads;
+  let thread = live.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+  if (job.op === 'sync' && job.probe) {
+    const owner = rootThreads.get(job.root);
+    if (owner && live.includes(owner)) thread = owner;
+    else {
+      // A new root goes to the thread remembering fewest: the busy roots (one per container
+      // slot) then spread over the threads for good, rather than as they happened to arrive.
+      thread = live.reduce((a, b) => (b.roots < a.roots ? b : a));
+      thread.roots++;
+      if (owner) owner.roots--;
+    }
+    rootThreads.delete(job.root);
+    rootThreads.set(job.root, thread);
+    if (rootThreads.size > MAX_ROOT_THREADS) {
+      const [oldest, itsThread] = rootThreads.entries().next().value!;
+      rootThreads.delete(oldest);
+      itsThread.roots--;
+    }
+  }
   const id = nextId++;
   return new Promise((resolve, reject) => {
     thread.pending.set(id, { resolve, reject });

@@ -15,6 +15,7 @@ export class ContainerSlot implements SandboxSlot {
   /** The container's own, kept across its actions (slot-dir.ts). */
   readonly inputRoot: InputRootMount;
   readonly stdio: StdioCaptures;
+  readonly timestampProbe: string;
   /**
    * The container's /tmp: a tmpfs of its own, which the runner empties after every action. A
    * compiler's temporary files then never reach the disk (on ext4 each file created and deleted
@@ -36,6 +37,7 @@ export class ContainerSlot implements SandboxSlot {
     this.container = container;
     this.inputRoot = container.inputRoot;
     this.stdio = container.slotDir;
+    this.timestampProbe = container.slotDir.timestampProbe;
   }
 
   async run(req: SlotRunRequest): Promise<SandboxResult> {

@@ -59,6 +59,12 @@ export interface SandboxSlot {
    * Undefined: the input root may be any new directory under the exec root.
    */
   readonly inputRoot: InputRootMount | undefined;
+  /**
+   * A file of the worker's beside inputRoot.hostPath, out of the actions' reach, with which
+   * staging dates the tree it leaves there (tree-ops.ts: SyncTreeJob.probe). Undefined: every
+   * staging lists the whole tree it reconciles.
+   */
+  readonly timestampProbe?: string;
   /** Set when this slot's actions run as a user of their own (process sandbox: one uid per slot);
    * the action's directories must then belong to it. Undefined: the worker's configured user. */
   readonly user?: ActionUser;

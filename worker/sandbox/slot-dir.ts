@@ -3,6 +3,7 @@
 //   <execRoot>/slot-<uuid>/                    the worker's, 0711: actions can neither list nor change it
 //   <execRoot>/slot-<uuid>/root/               the input root (bind-mounted at InputRootAbsolutePath if any)
 //   <execRoot>/slot-<uuid>/stdout, stderr      the runner's captures, truncated by every action
+//   <execRoot>/slot-<uuid>/timestamp-probe     the worker's (0600): staging's clock (tree-ops.ts)
 //
 // Kept, not made and removed per action: the root keeps the last action's tree and the next
 // staging reconciles it (tree-ops.ts), which for consecutive actions is mostly nothing to do; and
@@ -18,6 +19,7 @@ export interface SlotDir {
   root: string;
   stdoutPath: string;
   stderrPath: string;
+  timestampProbe: string;
 }
 
 /**
@@ -29,7 +31,7 @@ export interface SlotDir {
  */
 export async function createSlotDir(execRoot: string, user: string): Promise<SlotDir> {
   const dir = path.join(execRoot, `slot-${randomUUID()}`);
-  const slot = { dir, root: path.join(dir, 'root'), stdoutPath: path.join(dir, 'stdout'), stderrPath: path.join(dir, 'stderr') };
+  const slot = { dir, root: path.join(dir, 'root'), stdoutPath: path.join(dir, 'stdout'), stderrPath: path.join(dir, 'stderr'), timestampProbe: path.join(dir, 'timestamp-probe') };
   await fs.mkdir(dir, { mode: 0o711 });
   await fs.chmod(dir, 0o711); // whatever the umask
   await fs.mkdir(slot.root, { mode: 0o755 });
