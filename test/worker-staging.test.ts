@@ -446,6 +446,17 @@ describe('a reused input root', () => {
     await stage(first);
     assert.deepEqual(await listing(dest), ['inc/ 755', 'inc/a.h: A', 'inc/b.h: B', 'inc/sub/ 755', 'inc/sub/c.h: C', 'src/ 755', 'src/x.c: X']);
   });
+
+  test('a probe that cannot be written costs the memory, not the staging', async () => {
+    const cache = new FileCache(await freshDir('cache'), access);
+    const dest = path.join(await freshDir('slot'), 'root');
+    const stage = async (files: Record<string, string>) =>
+      (await materializeInputRoot({ instanceName: INSTANCE, rootDigest: await tree(files), access, cache, dest, uid: 1000, gid: 1000, timestampProbe: path.join(tmp, 'no-such-dir', 'probe') })).release();
+    await stage({ 'a/x.h': 'X', 'b.c': 'B' });
+    await fs.writeFile(path.join(dest, 'a/junk.h'), 'junk');
+    await stage({ 'a/x.h': 'X', 'a/y.h': 'Y' });
+    assert.deepEqual(await listing(dest), ['a/ 755', 'a/x.h: X', 'a/y.h: Y']);
+  });
 });
 
 describe('collectOutputs', () => {

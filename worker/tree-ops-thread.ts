@@ -171,18 +171,21 @@ function sameEntry(w: Want, was: Want): boolean {
  * write's stamp fine-grained on kernels with multigrain timestamps (Linux 6.13+), as its tick
  * has not moved on; elsewhere it is the tick itself, and directories changed within it are not
  * trusted. -Infinity, trusting nothing, if the probe is on another file system, whose stamps may
- * be coarser.
+ * be coarser, or cannot be written.
  */
 function probeTime(probe: string, dev: number): number {
-  const fd = openSync(probe, constants.O_WRONLY | constants.O_CREAT, 0o600);
+  let fd: number | undefined;
   try {
+    fd = openSync(probe, constants.O_WRONLY | constants.O_CREAT, 0o600);
     writeSync(fd, PROBE_BYTE, 0, 1, 0);
     fstatSync(fd);
     writeSync(fd, PROBE_BYTE, 0, 1, 0);
     const st = fstatSync(fd);
     return st.dev === dev ? st.mtimeMs : -Infinity;
+  } catch {
+    return -Infinity; // the tree is staged all the same; the next staging lists it
   } finally {
-    closeSync(fd);
+    if (fd !== undefined) closeSync(fd);
   }
 }
 
