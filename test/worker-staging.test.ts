@@ -15,6 +15,7 @@ import { FileCache } from '../worker/file-cache';
 import { createOutputParents, DirectoryCache, materializeInputRoot } from '../worker/input-tree';
 import { collectOutputs } from '../worker/output-collector';
 import { LocalContentAccess } from '../worker/local-content-access';
+import { inputTree } from './helpers/actions';
 
 const INSTANCE = 'staging';
 const isRoot = process.getuid?.() === 0;
@@ -410,15 +411,9 @@ describe('a reused input root', () => {
   }
 
   async function tree(files: Record<string, string>): Promise<Digest> {
-    const node = async (prefix: string): Promise<Digest> => {
-      const names = Object.keys(files).filter((f) => f.startsWith(prefix)).map((f) => f.slice(prefix.length));
-      const dirs = [...new Set(names.filter((n) => n.includes('/')).map((n) => n.split('/')[0]))].sort();
-      return putDirectory({
-        files: await Promise.all(names.filter((n) => !n.includes('/')).sort().map(async (name) => ({ name, digest: await putBlob(files[prefix + name]) }))),
-        directories: await Promise.all(dirs.map(async (name) => ({ name, digest: await node(`${prefix}${name}/`) }))),
-      });
-    };
-    return node('');
+    const { root, blobs } = inputTree(Object.entries(files));
+    for (const b of [root, ...blobs]) await access.uploadBlob(INSTANCE, b.digest, b.data);
+    return root.digest;
   }
 
   test('the staging remembers the tree it left, and trusts none of it that was changed since', async () => {

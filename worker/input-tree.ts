@@ -43,7 +43,7 @@ export interface MaterializeOptions {
    * afterwards finds them made and deals with the rest.
    */
   extraDirectories?: string[];
-  /** Given when dest is reused action after action: see SyncTreeJob.probe. */
+  /** Given when dest is reused action after action: see SyncTreeJob.timestampProbe. */
   timestampProbe?: string;
 }
 
@@ -385,7 +385,7 @@ function createTree(opts: MaterializeOptions, plan: Plan, pins: PinnedCacheFiles
     directories: plan.directories,
     files: encodeFiles(plan.files.map((f) => plannedFile(f, pins.get(f)!))),
     symlinks: plan.symlinks,
-    probe: opts.timestampProbe,
+    timestampProbe: opts.timestampProbe,
   });
 }
 

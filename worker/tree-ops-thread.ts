@@ -73,7 +73,7 @@ function syncTree(job: SyncTreeJob): void {
   // Taken out while syncing: a sync that fails half way leaves nothing remembered.
   const last = memories.get(job.root);
   memories.delete(job.root);
-  const next: TreeMemory | undefined = job.probe ? new Map() : undefined;
+  const next: TreeMemory | undefined = job.timestampProbe ? new Map() : undefined;
 
   let existed = true;
   try {
@@ -85,8 +85,8 @@ function syncTree(job: SyncTreeJob): void {
   if (!existed) ownDirectory(job, job.root);
   syncDirectory({ job, wanted, last, next }, job.root, '', existed);
 
-  if (job.probe && next) {
-    const now = probeTime(job.probe, next.get('')!.dev);
+  if (job.timestampProbe && next) {
+    const now = probeTime(job.timestampProbe, next.get('')!.dev);
     for (const dir of next.values()) dir.trusted = dir.mtimeMs < now && dir.ctimeMs < now;
     memories.set(job.root, next);
     if (memories.size > MAX_REMEMBERED_ROOTS) memories.delete(memories.keys().next().value!);

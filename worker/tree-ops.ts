@@ -28,7 +28,7 @@ export interface SyncTreeJob {
    * left and the time it left it (written to this file), and skips listing directories no action
    * touched since (tree-ops-thread.ts).
    */
-  probe?: string;
+  timestampProbe?: string;
 }
 
 export interface PlannedFile {
@@ -68,8 +68,6 @@ const THREADS = 2;
 interface TreeThread {
   worker: Worker;
   pending: Map<number, { resolve(): void; reject(err: Error): void }>;
-  /** Remembered roots whose syncs go to this thread. */
-  roots: number;
 }
 
 let threads: TreeThread[] | undefined;
@@ -77,7 +75,7 @@ let nextId = 0;
 
 function startThread(): TreeThread {
   const worker = new Worker(path.join(__dirname, 'tree-ops-thread.js'));
-  const thread: TreeThread = { worker, pending: new Map(), roots: 0 };
+  const thread: TreeThread = { worker, pending: new Map() };
   worker.on('message', (reply: { id: number; error?: { message: string; code?: string } }) => {
     const waiter = thread.pending.get(reply.id);
     thread.pending.delete(reply.id);
@@ -108,23 +106,19 @@ export function runTreeJob(job: TreeJob): Promise<void> {
   while (threads.length < THREADS) threads.push(startThread());
   const live = threads;
   let thread = live.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
-  if (job.op === 'sync' && job.probe) {
+  if (job.op === 'sync' && job.timestampProbe) {
+    // A root stays with one thread (the memory is only an optimization: any thread's is checked
+    // against the disk). A new root goes to the thread with fewest: the busy roots, one per
+    // container slot, then spread over the threads for good, not as they happened to arrive.
     const owner = rootThreads.get(job.root);
     if (owner && live.includes(owner)) thread = owner;
     else {
-      // A new root goes to the thread remembering fewest: the busy roots (one per container
-      // slot) then spread over the threads for good, rather than as they happened to arrive.
-      thread = live.reduce((a, b) => (b.roots < a.roots ? b : a));
-      thread.roots++;
-      if (owner) owner.roots--;
+      const owned = (t: TreeThread) => [...rootThreads.values()].filter((o) => o === t).length;
+      thread = live.reduce((a, b) => (owned(b) < owned(a) ? b : a));
     }
     rootThreads.delete(job.root);
     rootThreads.set(job.root, thread);
-    if (rootThreads.size > MAX_ROOT_THREADS) {
-      const [oldest, itsThread] = rootThreads.entries().next().value!;
-      rootThreads.delete(oldest);
-      itsThread.roots--;
-    }
+    if (rootThreads.size > MAX_ROOT_THREADS) rootThreads.delete(rootThreads.keys().next().value!);
   }
   const id = nextId++;
   return new Promise((resolve, reject) => {

@@ -67,7 +67,7 @@ export function buildAction(spec: ActionSpec): BuiltAction {
 }
 
 /** The Directory for these files (paths may have subdirectories), and every blob below it. */
-function inputTree(entries: [string, string][]): { root: Blob; blobs: Blob[] } {
+export function inputTree(entries: [string, string][]): { root: Blob; blobs: Blob[] } {
   const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : 1);
   const files: { name: string; blob: Blob }[] = [];
   const subdirs = new Map<string, [string, string][]>();

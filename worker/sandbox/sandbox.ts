@@ -61,7 +61,7 @@ export interface SandboxSlot {
   readonly inputRoot: InputRootMount | undefined;
   /**
    * A file of the worker's beside inputRoot.hostPath, out of the actions' reach, with which
-   * staging dates the tree it leaves there (tree-ops.ts: SyncTreeJob.probe). Undefined: every
+   * staging dates the tree it leaves there (tree-ops.ts: SyncTreeJob.timestampProbe). Undefined: every
    * staging lists the whole tree it reconciles.
    */
   readonly timestampProbe?: string;
