@@ -11,15 +11,15 @@
 // The embedded worker runs on this machine: it shares the cores with make (--worker-slots).
 //
 // The machine's speed drifts by several percent within minutes, as much as the gap the cold goal
-// is about: the reapi-cc cold build is timed right after a plain build in the toolchain image and
-// followed by one more of it and one more on the host; its ratios are against the means.
+// is about: reapi-cc cold builds (--cold-runs, 2) alternate with plain builds in the toolchain
+// image, starting and ending with one, and one more host build follows; the ratios are of means.
 //
 // A second plain baseline runs the same make in the toolchain image the actions use: the tools
 // on the host may differ. Here they do: the host's nm loads every bfd plugin, LLVMgold among them
 // (Debian's llvm-14-linker-tools), and costs 18 ms of CPU a call where the image's costs ~1.5;
 // kbuild calls it once per object, ~9 CPU-s a build that reapi-cc's actions never pay.
 //
-//   node dist/bench/kernel.js [--work DIR] [--jobs N] [--remote-jobs N] [--worker-slots N] [--check] [--only-check]
+//   node dist/bench/kernel.js [--work DIR] [--jobs N] [--remote-jobs N] [--worker-slots N] [--cold-runs N] [--check] [--only-check]
 // Needs Docker, the toolchain image, ccache and /usr/src/linux-source-6.1.tar.xz.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -44,6 +44,8 @@ const { values } = parseArgs({
     // One action per core: the worker shares the cores with make, and more slots than cores
     // only make the compilers compete (cold builds here: 2 slots 87-92 s, 3 slots 93-94 s).
     'worker-slots': { type: 'string', default: String(os.cpus().length) },
+    // Cold runs, each between two plain builds in the image (one with --only-check).
+    'cold-runs': { type: 'string', default: '2' },
     check: { type: 'boolean', default: false },
     'only-check': { type: 'boolean', default: false },
   },
@@ -51,6 +53,7 @@ const { values } = parseArgs({
 const jobs = Number(values.jobs);
 const remoteJobs = Number(values['remote-jobs']);
 const workerSlots = Number(values['worker-slots']);
+const coldRuns = values['only-check'] ? 1 : Math.max(1, Number(values['cold-runs']));
 
 function log(line: string): void {
   process.stderr.write(`[bench-kernel] ${line}\n`);
@@ -171,28 +174,41 @@ async function main(): Promise<void> {
   rows.push([inImageLabel, inImage[0]]);
   if (check) problems.push(...compareSums('plain make in the toolchain image', plainSums, objectSums(tree)));
 
+  // Cold runs alternate with plain builds in the image (plain, cold, plain, cold, plain...): the
+  // machine's speed drifts by several percent within minutes, as much as the gap the cold goal
+  // is about, and each cold run then has a plain build on either side.
   let server: ServerProcess | undefined;
   try {
-    server = await startServerProcess({ args: ['--worker', 'on', '--concurrency', String(workerSlots)] });
-    const env = { REAPI_SERVER: `grpc://${server.address}`, REAPI_CC_STATE: tempDir('reapi-cc-state') };
-    const times: Record<string, number> = {};
-    for (const phase of ['cold', 'warm']) {
-      log(`reapi-cc ${phase} (make -j${remoteJobs})`);
+    let env: NodeJS.ProcessEnv = {};
+    const cold: number[] = [];
+    for (let round = 1; round <= coldRuns; round++) {
+      await server?.stop();
+      // Each cold run against an empty server and an empty client state.
+      server = await startServerProcess({ args: ['--worker', 'on', '--concurrency', String(workerSlots)] });
+      env = { REAPI_SERVER: `grpc://${server.address}`, REAPI_CC_STATE: tempDir('reapi-cc-state') };
+      const of = coldRuns > 1 ? ` (${round} of ${coldRuns})` : '';
+      log(`reapi-cc cold${of} (make -j${remoteJobs})`);
       await clean();
-      times[phase] = await timed(tree, process.execPath, [REAPI_CC, 'make', `-j${remoteJobs}`], env);
-      rows.push([`reapi-cc ${phase}`, times[phase]]);
-      if (check) problems.push(...compareSums(`reapi-cc ${phase}`, plainSums, objectSums(tree)));
-      if (phase === 'cold' && !values['only-check']) {
-        // The machine's speed drifts by several percent over minutes: the cold build is compared
-        // with plain builds just before and just after it, the same in the image and on the host.
-        for (const [label, build, runs] of [[inImageLabel, imageBuild, inImage], [`plain make -j${jobs}`, plainBuild, plain]] as const) {
-          log(`${label}, again after reapi-cc cold`);
-          await clean();
-          runs.push(await build());
-          rows.push([`${label}, again`, runs[1]]);
-        }
-      }
+      cold.push(await timed(tree, process.execPath, [REAPI_CC, 'make', `-j${remoteJobs}`], env));
+      rows.push([`reapi-cc cold${of}`, cold[cold.length - 1]]);
+      if (check) problems.push(...compareSums(`reapi-cc cold${of}`, plainSums, objectSums(tree)));
+      if (values['only-check']) continue;
+      log(`${inImageLabel}, again after reapi-cc cold${of}`);
+      await clean();
+      inImage.push(await imageBuild());
+      rows.push([`${inImageLabel}, again`, inImage[inImage.length - 1]]);
     }
+    if (!values['only-check']) {
+      log(`plain make -j${jobs}, again after reapi-cc cold`);
+      await clean();
+      plain.push(await plainBuild());
+      rows.push([`plain make -j${jobs}, again`, plain[1]]);
+    }
+    log(`reapi-cc warm (make -j${remoteJobs})`);
+    await clean();
+    const warm = await timed(tree, process.execPath, [REAPI_CC, 'make', `-j${remoteJobs}`], env);
+    rows.push(['reapi-cc warm', warm]);
+    if (check) problems.push(...compareSums('reapi-cc warm', plainSums, objectSums(tree)));
     const noop = await median3(() => timed(tree, process.execPath, [REAPI_CC, 'make', `-j${jobs}`], env));
     rows.push(['reapi-cc no-op (median of 3)', noop]);
     log(execFileSync(process.execPath, [REAPI_CC, '--stats'], { env: { ...process.env, ...env } }).toString());
@@ -202,12 +218,12 @@ async function main(): Promise<void> {
       `reapi-cc on Linux 6.1 tinyconfig (x86_64), make -j${jobs}; reapi-cc runs make -j${remoteJobs} with a ${workerSlots}-slot worker on the same machine`,
       rows.map(([name, t]) => [name, `${t.toFixed(1)} s`, `x${(t / (name.includes('no-op') ? plainNoop : plainMean)).toFixed(2)} of plain`]),
     );
-    const around = plain.length > 1 ? ' (mean of the runs before and after)' : '';
+    const around = (runs: number[]) => (runs.length > 1 ? ` (means: ${cold.length} cold, ${runs.length} plain)` : '');
     const goal = (label: string, ratio: number, limit: number): [string, string, string] => [label, ratio.toFixed(2), `goal <= ${limit}: ${ratio <= limit ? 'met' : 'NOT met'}`];
     printTable('goals', [
-      goal('reapi-cc warm / ccache warm', times.warm / ccacheWarm, 0.5),
-      goal(`reapi-cc cold / plain make${around}`, times.cold / plainMean, 1.15),
-      goal(`reapi-cc cold / plain make in the toolchain image${around}`, times.cold / mean(inImage), 1.15),
+      goal('reapi-cc warm / ccache warm', warm / ccacheWarm, 0.5),
+      goal(`reapi-cc cold / plain make${around(plain)}`, mean(cold) / plainMean, 1.15),
+      goal(`reapi-cc cold / plain make in the toolchain image${around(inImage)}`, mean(cold) / mean(inImage), 1.15),
       goal('reapi-cc no-op / plain no-op', noop / plainNoop, 1.2),
     ]);
   } finally {
