@@ -104,17 +104,16 @@ const MAX_ROOT_THREADS = 256;
 export function runTreeJob(job: TreeJob): Promise<void> {
   threads ??= [];
   while (threads.length < THREADS) threads.push(startThread());
-  const live = threads;
-  let thread = live.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+  let thread = threads.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
   if (job.op === 'sync' && job.timestampProbe) {
     // A root stays with one thread (the memory is only an optimization: any thread's is checked
     // against the disk). A new root goes to the thread with fewest: the busy roots, one per
     // container slot, then spread over the threads for good, not as they happened to arrive.
     const owner = rootThreads.get(job.root);
-    if (owner && live.includes(owner)) thread = owner;
+    if (owner && threads.includes(owner)) thread = owner;
     else {
       const owned = (t: TreeThread) => [...rootThreads.values()].filter((o) => o === t).length;
-      thread = live.reduce((a, b) => (owned(b) < owned(a) ? b : a));
+      thread = threads.reduce((a, b) => (owned(b) < owned(a) ? b : a));
     }
     rootThreads.delete(job.root);
     rootThreads.set(job.root, thread);
