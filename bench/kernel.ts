@@ -8,7 +8,9 @@
 // Every timed build starts after `make clean` and an untimed `make syncconfig` with the same CC:
 // kconfig records $(CC) in auto.conf.cmd, so a build after one with another CC (ccache) would
 // otherwise also pay for rebuilding scripts/kconfig and re-running syncconfig.
-// The embedded worker runs on this machine: it shares the cores with make (--worker-slots).
+// The farm runs on this machine and shares the cores with make (--worker-slots): by default
+// inside reapi-cc (its embedded default); `--farm server` puts it in a `reapi serve` process
+// that reapi-cc reaches over gRPC.
 //
 // The machine's speed drifts by several percent within minutes, as much as the gap the cold goal
 // is about: reapi-cc cold builds (--cold-runs, 2) alternate with plain builds in the toolchain
@@ -19,7 +21,8 @@
 // (Debian's llvm-14-linker-tools), and costs 18 ms of CPU a call where the image's costs ~1.5;
 // kbuild calls it once per object, ~9 CPU-s a build that reapi-cc's actions never pay.
 //
-//   node dist/bench/kernel.js [--work DIR] [--jobs N] [--remote-jobs N] [--worker-slots N] [--cold-runs N] [--check] [--only-check]
+//   node dist/bench/kernel.js [--work DIR] [--jobs N] [--remote-jobs N] [--worker-slots N] [--farm embedded|server]
+//                          [--cold-runs N] [--check] [--only-check]
 // Needs Docker, the toolchain image, ccache and /usr/src/linux-source-6.1.tar.xz.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -44,6 +47,7 @@ const { values } = parseArgs({
     // One action per core: the worker shares the cores with make, and more slots than cores
     // only make the compilers compete (cold builds here: 2 slots 87-92 s, 3 slots 93-94 s).
     'worker-slots': { type: 'string', default: String(os.cpus().length) },
+    farm: { type: 'string', default: 'embedded' },
     // Cold runs, each between two plain builds in the image (one with --only-check).
     'cold-runs': { type: 'string', default: '2' },
     check: { type: 'boolean', default: false },
@@ -53,6 +57,8 @@ const { values } = parseArgs({
 const jobs = Number(values.jobs);
 const remoteJobs = Number(values['remote-jobs']);
 const workerSlots = Number(values['worker-slots']);
+if (values.farm !== 'embedded' && values.farm !== 'server') throw new Error(`--farm is embedded or server, not ${values.farm}`);
+const farmInServer = values.farm === 'server';
 const coldRuns = values['only-check'] ? 1 : Math.max(1, Number(values['cold-runs']));
 
 function log(line: string): void {
@@ -183,9 +189,14 @@ async function main(): Promise<void> {
     const cold: number[] = [];
     for (let round = 1; round <= coldRuns; round++) {
       await server?.stop();
-      // Each cold run against an empty server and an empty client state.
-      server = await startServerProcess({ args: ['--worker', 'on', '--concurrency', String(workerSlots)] });
-      env = { REAPI_SERVER: `grpc://${server.address}`, REAPI_CC_STATE: tempDir('reapi-cc-state') };
+      // Each cold run against an empty farm and an empty client state.
+      const state = tempDir('reapi-cc-state');
+      if (farmInServer) {
+        server = await startServerProcess({ args: ['--worker', 'on', '--concurrency', String(workerSlots)] });
+        env = { REAPI_SERVER: `grpc://${server.address}`, REAPI_CC_STATE: state };
+      } else {
+        env = { REAPI_SERVER: 'embedded', REAPI_CC_STATE: state, REAPI_CC_WORKER_SLOTS: String(workerSlots) };
+      }
       const of = coldRuns > 1 ? ` (${round} of ${coldRuns})` : '';
       log(`reapi-cc cold${of} (make -j${remoteJobs})`);
       await clean();
@@ -215,7 +226,7 @@ async function main(): Promise<void> {
 
     const plainMean = mean(plain);
     printTable(
-      `reapi-cc on Linux 6.1 tinyconfig (x86_64), make -j${jobs}; reapi-cc runs make -j${remoteJobs} with a ${workerSlots}-slot worker on the same machine`,
+      `reapi-cc on Linux 6.1 tinyconfig (x86_64), make -j${jobs}; reapi-cc runs make -j${remoteJobs} with a ${workerSlots}-slot worker on the same machine, ${farmInServer ? 'in a reapi serve process' : 'inside reapi-cc (embedded farm)'}`,
       rows.map(([name, t]) => [name, `${t.toFixed(1)} s`, `x${(t / (name.includes('no-op') ? plainNoop : plainMean)).toFixed(2)} of plain`]),
     );
     const around = (runs: number[]) => (runs.length > 1 ? ` (means: ${cold.length} cold, ${runs.length} plain)` : '');

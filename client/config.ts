@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 export interface ClientConfig {
+  /** grpc[s]://HOST:PORT, or embedded[:DIR] for the farm inside reapi-cc (see embeddedDataDir). */
   serverUrl: string;
   /** The container-image platform property of every action. */
   image: string;
@@ -11,9 +12,16 @@ export interface ClientConfig {
   /** Environment variables (besides LC_*) an action receives, when the caller has them. */
   envAllowlist: string[];
   timeoutSeconds: number;
+  /** Actions the embedded farm runs at once. */
+  workerSlots: number;
 }
 
-export const DEFAULT_SERVER = 'grpc://127.0.0.1:8980';
+/**
+ * Without a server named, the farm runs inside reapi-cc: nothing to start first, and no second
+ * process serializing every blob and result (on a cold kernel build, the gRPC layer cost more
+ * CPU than any other part of reapi-cc).
+ */
+export const DEFAULT_SERVER = 'embedded';
 export const DEFAULT_IMAGE = 'docker://reapi-toolchain:bookworm';
 
 /**
@@ -37,7 +45,22 @@ export function loadConfig(flags: { server?: string; image?: string } = {}, env:
     stateDir: env.REAPI_CC_STATE ?? path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'reapi-cc'),
     envAllowlist: [...DEFAULT_ENV_ALLOWLIST, ...extra],
     timeoutSeconds: Number(env.REAPI_CC_TIMEOUT ?? 600),
+    // One action per core: make and the include scans share the cores with the compilers.
+    workerSlots: Number(env.REAPI_CC_WORKER_SLOTS ?? os.cpus().length),
   };
+}
+
+/** The farm, as a warning names it. */
+export function farmName(config: ClientConfig): string {
+  const dir = embeddedDataDir(config);
+  return dir === undefined ? `server ${config.serverUrl}` : `the embedded farm (${dir})`;
+}
+
+/** The embedded farm's data directory (embedded:DIR, or <state>/farm), or undefined for a server. */
+export function embeddedDataDir(config: ClientConfig): string | undefined {
+  const m = /^embedded(?::(.+))?$/.exec(config.serverUrl);
+  if (!m) return undefined;
+  return path.resolve(m[1] ?? path.join(config.stateDir, 'farm'));
 }
 
 /** The part of a recipe's environment that goes into its action. Pure. */

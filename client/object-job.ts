@@ -7,14 +7,14 @@ import * as grpc from '@grpc/grpc-js';
 import { readBlobFile } from '../cas/file-range';
 import { BuiltAction, buildAction, InputFile } from './action-builder';
 import { CompileCommand } from './compile-args';
-import { ClientConfig, actionEnvironment } from './config';
+import { ClientConfig, actionEnvironment, farmName } from './config';
 import { DigestCache } from './digest-cache';
 import { explainDifference, KeyParts } from './explain';
 import { digestString, discoverInputs, inTree } from './input-discovery';
 import { IncludeScanner } from './include-scanner';
 import { ManifestStore, ObjectManifest, recipeKeyOf } from './manifest-store';
 import { writeOutputs } from './output-writer';
-import { InfrastructureError, RemoteExecutor, Result } from './remote-executor';
+import { InfrastructureError, RemoteExecutor, Result, UnreachableError } from './remote-executor';
 import { Counters } from './stats';
 
 export interface ObjectJob {
@@ -175,7 +175,7 @@ export class ObjectRunner {
     } catch (err) {
       if (!(err instanceof InfrastructureError)) throw err;
       if (isUnreachable(err)) {
-        if (!this.serverDown) this.warn(`reapi-cc: warning: server ${this.config.serverUrl} is unreachable (${err.message}); building locally`);
+        if (!this.serverDown) this.warn(`reapi-cc: warning: ${farmName(this.config)} is unreachable (${err.message}); building locally`);
         this.serverDown = true;
       } else {
         this.warn(`reapi-cc: warning: remote run of ${object} failed (${err.message}); building it locally`);
@@ -264,5 +264,5 @@ function executionMs(r: Result): number {
 type Long = { toNumber(): number };
 
 function isUnreachable(err: Error): boolean {
-  return /UNAVAILABLE|ECONNREFUSED|No connection established|DEADLINE_EXCEEDED|failed to connect/i.test(err.message);
+  return err instanceof UnreachableError || /UNAVAILABLE|ECONNREFUSED|No connection established|DEADLINE_EXCEEDED|failed to connect/i.test(err.message);
 }

@@ -10,10 +10,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { growHeapGenerously } from '../bin/heap-growth';
 import { parseCompileCommand } from './compile-args';
-import { ClientConfig, loadConfig } from './config';
+import { ClientConfig, embeddedDataDir, loadConfig } from './config';
 import { inTree } from './input-discovery';
 import { makefileShell } from './makefile-shell';
 import { ManifestStore } from './manifest-store';
+import type { ReapiCalls } from './remote-executor';
 import { MakeSession } from './session-server';
 import { formatCounters, readCounters, zeroCounters } from './stats';
 
@@ -23,10 +24,12 @@ const USAGE = `usage:
   reapi-cc --stats | --zero-stats            show or reset the counters
   reapi-cc --explain OBJECT                  why OBJECT's last lookup missed
 options:
-  --server URL   REAPI server (default $REAPI_SERVER or grpc://127.0.0.1:8980)
+  --server URL   REAPI server, grpc://HOST:PORT (default $REAPI_SERVER, else embedded: a farm inside
+                 reapi-cc, its data under the state directory; embedded:DIR puts it in DIR)
   --image IMAGE  container-image of the actions (default $REAPI_CC_IMAGE or docker://reapi-toolchain:bookworm)
   --root DIR     the tree: input root and the absolute path actions run at (default: make's directory)
-environment: REAPI_CC_STATE (state directory), REAPI_CC_ENV (extra environment variables actions get)`;
+environment: REAPI_CC_STATE (state directory), REAPI_CC_ENV (extra environment variables actions get),
+  REAPI_CC_WORKER_SLOTS (actions the embedded farm runs at once; default: number of CPUs)`;
 
 interface Options {
   server?: string;
@@ -87,7 +90,7 @@ async function openRunner(config: ClientConfig) {
   const { ObjectRunner } = require('./object-job') as typeof import('./object-job');
   const { IncludeScanner } = require('./include-scanner') as typeof import('./include-scanner');
   const { emptyCounters, recordCounters } = require('./stats') as typeof import('./stats');
-  const executor = new RemoteExecutor(config.serverUrl);
+  const executor = new RemoteExecutor(await connect(config));
   const digests = await DigestCache.open(path.join(config.stateDir, 'digests.json'));
   const counters = emptyCounters();
   const runner = new ObjectRunner(
@@ -98,10 +101,22 @@ async function openRunner(config: ClientConfig) {
     async finish() {
       counters.bytesUploaded += executor.bytesUploaded;
       counters.bytesDownloaded += executor.bytesDownloaded;
-      executor.close();
-      await Promise.all([digests.save(), recordCounters(config.stateDir, counters)]);
+      await Promise.all([executor.close(), digests.save(), recordCounters(config.stateDir, counters)]);
     },
   };
+}
+
+/** The calls to the farm: to a server over gRPC, or to one in this process (`embedded[:DIR]`). */
+async function connect(config: ClientConfig): Promise<ReapiCalls> {
+  const embedded = embeddedDataDir(config);
+  if (embedded === undefined) {
+    const { GrpcCalls } = require('./grpc-calls') as typeof import('./grpc-calls');
+    return new GrpcCalls(config.serverUrl);
+  }
+  const { openEmbeddedFarm } = require('../server/embedded-farm') as typeof import('../server/embedded-farm');
+  const { InProcessCalls } = require('./in-process-calls') as typeof import('./in-process-calls');
+  const farm = await openEmbeddedFarm({ dataDir: embedded, concurrency: config.workerSlots, defaultImage: config.image.replace(/^docker:\/\//, '') });
+  return new InProcessCalls(farm);
 }
 
 async function runMake(config: ClientConfig, opts: Options, makeArgv: string[]): Promise<number> {

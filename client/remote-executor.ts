@@ -1,18 +1,11 @@
-// The client side of REAPI: action cache lookups, uploads of what the server lacks, Execute,
-// and reads of output blobs. One gRPC channel per process, shared by all actions in flight.
+// The client side of REAPI: action cache lookups, uploads of what the farm lacks, Execute, and
+// reads of output blobs, whichever way the calls travel (ReapiCalls: gRPC, or in this process).
 import * as grpc from '@grpc/grpc-js';
-import { randomUUID } from 'node:crypto';
 import { rex } from '../apis';
-import {
-  ActionCacheClient, ActionCacheService, ByteStreamClient, ByteStreamService, CasService, ContentAddressableStorageClient,
-  createClient, ExecutionClient, ExecutionService, unary,
-} from '../apis/services';
 import { Digest } from './action-builder';
 
 /** Blob bytes per BatchUpdateBlobs/BatchReadBlobs call; larger blobs go through ByteStream. */
 const BATCH_BYTES = 3 * 1024 * 1024;
-const STREAM_CHUNK = 1024 * 1024;
-const MAX_MESSAGE = 16 * 1024 * 1024;
 
 export interface UploadableBlob {
   digest: Digest;
@@ -33,47 +26,46 @@ export interface ExecuteOutcome {
 /** An error that means "the build farm did not work", as opposed to "the action failed". */
 export class InfrastructureError extends Error {}
 
-export function serverAddress(url: string): string {
-  return url.replace(/^grpcs?:\/\//, '').replace(/\/+$/, '');
+/** A failure that means the farm cannot be reached at all: warned about once, then every object builds locally. */
+export class UnreachableError extends InfrastructureError {}
+
+/** A per-blob status of a batch call. */
+interface BlobResponse {
+  digest?: rex.Digest.$Properties | null;
+  status?: { code?: number | null; message?: string | null } | null;
+}
+
+/**
+ * The REAPI calls reapi-cc makes, on the default instance. Failures reject with an error carrying
+ * the gRPC status `code`, as a server would send it.
+ */
+export interface ReapiCalls {
+  /** With stdout, stderr and the named output files inline; rejects with NOT_FOUND on a miss. */
+  getActionResult(actionDigest: Digest, inlineOutputFiles: string[]): Promise<Result>;
+  findMissingBlobs(digests: Digest[]): Promise<rex.Digest.$Properties[]>;
+  batchUpdateBlobs(requests: { digest: Digest; data: Buffer }[]): Promise<BlobResponse[]>;
+  writeBlob(digest: Digest, data: Buffer): Promise<void>;
+  batchReadBlobs(digests: Digest[]): Promise<(BlobResponse & { data?: Uint8Array | null })[]>;
+  readBlob(digest: Digest): Promise<Buffer>;
+  /** The ExecuteResponse the operation finished with (undefined if it ended without one). */
+  execute(actionDigest: Digest): Promise<rex.ExecuteResponse | undefined>;
+  close(): Promise<void>;
 }
 
 export class RemoteExecutor {
-  private readonly cas: ContentAddressableStorageClient;
-  private readonly ac: ActionCacheClient;
-  private readonly exec: ExecutionClient;
-  private readonly bytestream: ByteStreamClient;
   bytesUploaded = 0;
   bytesDownloaded = 0;
 
-  constructor(serverUrl: string, private readonly instanceName = '') {
-    const address = serverAddress(serverUrl);
-    const options: grpc.ClientOptions = {
-      'grpc.max_receive_message_length': MAX_MESSAGE,
-      'grpc.max_send_message_length': MAX_MESSAGE,
-    };
-    // One channel for all services: grpc-js shares subchannels between clients with equal options.
-    this.cas = createClient(CasService, address, undefined, options);
-    this.ac = createClient(ActionCacheService, address, undefined, options);
-    this.exec = createClient(ExecutionService, address, undefined, options);
-    this.bytestream = createClient(ByteStreamService, address, undefined, options);
-  }
+  constructor(private readonly calls: ReapiCalls) {}
 
-  close(): void {
-    for (const c of [this.cas, this.ac, this.exec, this.bytestream]) c.close();
+  close(): Promise<void> {
+    return this.calls.close();
   }
 
   /** The cached result, or undefined on a miss. Small outputs and stdio come inline. */
   async lookup(actionDigest: Digest, inlineOutputFiles: string[]): Promise<Result | undefined> {
     try {
-      return await infra(
-        unary(this.ac, 'GetActionResult', {
-          instanceName: this.instanceName,
-          actionDigest,
-          inlineStdout: true,
-          inlineStderr: true,
-          inlineOutputFiles,
-        }),
-      );
+      return await infra(this.calls.getActionResult(actionDigest, inlineOutputFiles));
     } catch (err) {
       if ((err as { code?: number }).code === grpc.status.NOT_FOUND) return undefined;
       throw err;
@@ -132,9 +124,9 @@ export class RemoteExecutor {
     const missing: UploadableBlob[] = [];
     for (let i = 0; i < all.length; i += 5000) {
       const slice = all.slice(i, i + 5000);
-      const res = await infra(unary(this.cas, 'FindMissingBlobs', { instanceName: this.instanceName, blobDigests: slice.map((b) => b.digest) }));
+      const missingDigests = await infra(this.calls.findMissingBlobs(slice.map((b) => b.digest)));
       const absent = new Set<string>();
-      for (const d of res.missingBlobDigests) {
+      for (const d of missingDigests) {
         const key = `${d.hash}/${Number(d.sizeBytes)}`;
         absent.add(key);
         missing.push(unique.get(key)!);
@@ -148,8 +140,8 @@ export class RemoteExecutor {
     let batchBytes = 0;
     const flush = async () => {
       if (!batch.length) return;
-      const res = await infra(unary(this.cas, 'BatchUpdateBlobs', { instanceName: this.instanceName, requests: batch }));
-      for (const r of res.responses) if (r.status?.code) throw new InfrastructureError(`upload of ${r.digest?.hash} failed: ${r.status.message}`);
+      const responses = await infra(this.calls.batchUpdateBlobs(batch));
+      for (const r of responses) if (r.status?.code) throw new InfrastructureError(`upload of ${r.digest?.hash} failed: ${r.status.message}`);
       batch = [];
       batchBytes = 0;
     };
@@ -157,7 +149,7 @@ export class RemoteExecutor {
       const data = await blob.read();
       this.bytesUploaded += data.length;
       if (data.length > BATCH_BYTES) {
-        await this.writeStream(blob.digest, data);
+        await infra(this.calls.writeBlob(blob.digest, data));
         continue;
       }
       if (batchBytes + data.length > BATCH_BYTES) await flush();
@@ -168,30 +160,11 @@ export class RemoteExecutor {
     for (const blob of missing) this.present.add(`${blob.digest.hash}/${blob.digest.sizeBytes}`);
   }
 
-  private writeStream(digest: Digest, data: Buffer): Promise<void> {
-    const resourceName = `${this.instanceName ? this.instanceName + '/' : ''}uploads/${randomUUID()}/blobs/${digest.hash}/${digest.sizeBytes}`;
-    return infra(
-      new Promise<void>((resolve, reject) => {
-        const call = this.bytestream.Write((err) => (err ? reject(err) : resolve()));
-        for (let off = 0; off < data.length || off === 0; off += STREAM_CHUNK) {
-          const end = Math.min(off + STREAM_CHUNK, data.length);
-          call.write({ resourceName: off === 0 ? resourceName : '', writeOffset: off, data: data.subarray(off, end), finishWrite: end === data.length });
-          if (data.length === 0) break;
-        }
-        call.end();
-      }),
-    );
-  }
-
   /** Runs the action (the server answers from its cache when it can) and waits for the result. */
   async execute(actionDigest: Digest): Promise<ExecuteOutcome> {
-    const stream = this.exec.Execute({ instanceName: this.instanceName, actionDigest, skipCacheLookup: false });
     let response: rex.ExecuteResponse | undefined;
     try {
-      for await (const op of stream as AsyncIterable<{ done?: boolean; response?: { value?: Uint8Array | null } | null; error?: { code?: number; message?: string } | null }>) {
-        if (op.error) throw new InfrastructureError(`Execute failed: ${op.error.message}`);
-        if (op.done && op.response?.value) response = rex.ExecuteResponse.decode(op.response.value);
-      }
+      response = await this.calls.execute(actionDigest);
     } catch (err) {
       if (err instanceof InfrastructureError) throw err;
       const code = (err as { code?: number }).code;
@@ -215,10 +188,10 @@ export class RemoteExecutor {
     let bytes = 0;
     const flush = async () => {
       if (!batch.length) return;
-      const res = await infra(unary(this.cas, 'BatchReadBlobs', { instanceName: this.instanceName, digests: batch }));
-      for (const r of res.responses) {
+      const responses = await infra(this.calls.batchReadBlobs(batch));
+      for (const r of responses) {
         if (r.status?.code) throw new InfrastructureError(`reading blob ${r.digest?.hash}: ${r.status.message}`);
-        const data = Buffer.from(r.data ?? new Uint8Array());
+        const data = Buffer.isBuffer(r.data) ? r.data : Buffer.from(r.data ?? new Uint8Array());
         this.bytesDownloaded += data.length;
         out.set(r.digest!.hash!, data);
       }
@@ -236,14 +209,12 @@ export class RemoteExecutor {
   }
 
   private async readStream(digest: Digest): Promise<Buffer> {
-    const resourceName = `${this.instanceName ? this.instanceName + '/' : ''}blobs/${digest.hash}/${digest.sizeBytes}`;
-    const chunks: Buffer[] = [];
+    let data: Buffer;
     try {
-      for await (const r of this.bytestream.Read({ resourceName }) as AsyncIterable<{ data: Uint8Array }>) chunks.push(Buffer.from(r.data));
+      data = await this.calls.readBlob(digest);
     } catch (err) {
       throw new InfrastructureError(`reading blob ${digest.hash}: ${(err as Error).message}`);
     }
-    const data = Buffer.concat(chunks);
     this.bytesDownloaded += data.length;
     return data;
   }
@@ -255,7 +226,7 @@ async function infra<T>(p: Promise<T>): Promise<T> {
     return await p;
   } catch (err) {
     const code = (err as { code?: number }).code;
-    if (code === grpc.status.NOT_FOUND) throw err;
+    if (code === grpc.status.NOT_FOUND || err instanceof InfrastructureError) throw err;
     throw new InfrastructureError(`${(err as Error).message}`);
   }
 }

@@ -272,7 +272,8 @@ test('a header the include scanner cannot see is found by the preprocessor on a 
 
 test('objects built side by side upload a shared header once; each waits until it is there', async () => {
   const { RemoteExecutor } = require(path.join(REPO_ROOT, 'dist', 'client', 'remote-executor.js')) as typeof import('../client/remote-executor');
-  const executor = new RemoteExecutor(`grpc://${server.address}`);
+  const { GrpcCalls } = require(path.join(REPO_ROOT, 'dist', 'client', 'grpc-calls.js')) as typeof import('../client/grpc-calls');
+  const executor = new RemoteExecutor(new GrpcCalls(`grpc://${server.address}`));
   try {
     const blob = (text: string) => {
       const data = Buffer.from(`${text} ${Date.now()} ${Math.random()}`);
@@ -284,12 +285,12 @@ test('objects built side by side upload a shared header once; each waits until i
     // All three are on the server now: nothing more to send.
     await executor.uploadMissing([shared, a, b]);
     assert.equal(executor.bytesUploaded, shared.digest.sizeBytes + a.digest.sizeBytes + b.digest.sizeBytes);
-    const fresh = new RemoteExecutor(`grpc://${server.address}`);
+    const fresh = new RemoteExecutor(new GrpcCalls(`grpc://${server.address}`));
     await fresh.uploadMissing([shared, a, b]);
     assert.equal(fresh.bytesUploaded, 0, 'the server has every one of them');
-    fresh.close();
+    await fresh.close();
   } finally {
-    executor.close();
+    await executor.close();
   }
 });
 

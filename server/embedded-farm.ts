@@ -1,0 +1,85 @@
+// The whole farm inside one process, without gRPC: file storage, the action cache, the in-memory
+// scheduler and a Docker worker, for a client (reapi-cc) that runs on the machine it builds on.
+// The services are the ones `reapi serve` exposes; only the wire is missing, and with it the
+// serialization, HTTP/2 framing and a second process's copy of the same work.
+import * as path from 'node:path';
+import { ActionCacheService } from '../cas/action-cache-service';
+import { BlobStore } from '../cas/blob-store';
+import { CasService } from '../cas/cas-service';
+import { FileStorage } from '../cas/file-storage';
+import { ExecutionService } from '../scheduler/execution-service';
+import { MemoryActionQueue } from '../scheduler/memory-action-queue';
+import { MemoryOperationStore } from '../scheduler/memory-operation-store';
+import { dockerAvailable } from '../worker/docker-available';
+import { DockerWorker } from '../worker/docker-worker';
+import { DockerImageResolver } from '../worker/image-resolver';
+import { startEmbeddedWorker } from './embedded-worker';
+import { claimWorkDir } from './work-dir-claim';
+
+export interface EmbeddedFarmOptions {
+  /** Blobs, action results and the worker directories. */
+  dataDir: string;
+  /** Actions run at once. */
+  concurrency: number;
+  /** For actions that name no container image. */
+  defaultImage: string;
+}
+
+export interface EmbeddedFarm {
+  readonly cas: CasService;
+  /** The CAS of the default instance, for blobs too large for a batch call. */
+  readonly blobs: BlobStore;
+  readonly actionCache: ActionCacheService;
+  /**
+   * Execution, with the worker started on first use (a build served from the cache starts no
+   * container); when Docker does not answer, the reason no action can run.
+   */
+  execution(): Promise<ExecutionService | { unavailable: string }>;
+  /** Finishes running actions, removes the worker's containers, releases its directory. */
+  close(): Promise<void>;
+}
+
+export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<EmbeddedFarm> {
+  const storage = await FileStorage.open(opts.dataDir);
+  const images = new DockerImageResolver();
+  const resolveImage = (name: string) => images.resolve(name);
+  const actionCache = new ActionCacheService(storage, { allowClientUpdates: true, resolveImage });
+  const operations = new MemoryOperationStore();
+  const queue = new MemoryActionQueue();
+  let started: Promise<{ execution: ExecutionService; worker: DockerWorker; release(): void } | { unavailable: string }> | undefined;
+  const start = async () => {
+    if (!(await dockerAvailable())) return { unavailable: 'Docker does not answer on /var/run/docker.sock, so no action can run here' };
+    const claim = await claimWorkDir(path.join(opts.dataDir, 'workers'));
+    try {
+      const worker = await startEmbeddedWorker({
+        storage, actionCache, operations, queue, images,
+        workDir: claim.dir,
+        defaultImage: opts.defaultImage,
+        concurrency: opts.concurrency,
+        platform: 'OSFamily=Linux',
+        strict: false,
+      });
+      return { execution: new ExecutionService(storage, actionCache, operations, queue), worker, release: claim.release };
+    } catch (err) {
+      claim.release();
+      throw err;
+    }
+  };
+  return {
+    cas: new CasService(storage),
+    blobs: storage.cas(''),
+    actionCache,
+    async execution() {
+      const s = await (started ??= start());
+      return 'unavailable' in s ? s : s.execution;
+    },
+    async close() {
+      const s = started && (await started.catch(() => undefined));
+      if (s && !('unavailable' in s)) {
+        await s.worker.drain();
+        s.release();
+      }
+      await Promise.allSettled([queue.close(), operations.close()]);
+    },
+  };
+}

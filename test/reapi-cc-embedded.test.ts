@@ -1,0 +1,148 @@
+// reapi-cc with no server named: the farm (storage, action cache, scheduler, Docker worker) runs
+// inside reapi-cc. The same objects as a local build, hits after `make clean`, two builds at once
+// on one state directory, each with a worker directory of its own.
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { REPO_ROOT, tempDir } from './helpers/server-process';
+
+const REAPI_CC = path.join(REPO_ROOT, 'dist', 'client', 'reapi-cc.js');
+const FIXTURE = path.join(REPO_ROOT, 'test', 'fixtures', 'kbuild-mini');
+const OUTPUTS = ['app/main.o', 'lib/util.o', 'lib/math.o', 'lib/asm.o', 'tools/objtool/objtool.o', 'app/.main.o.cmd', 'lib/.util.o.cmd'];
+
+const { claimWorkDir } = require(path.join(REPO_ROOT, 'dist', 'server', 'work-dir-claim.js')) as typeof import('../server/work-dir-claim');
+
+let trees: string[];
+let stateDir: string;
+
+before(() => {
+  // Not under /tmp: the worker mounts the input root at the tree's own path, and refuses
+  // system directories of the image (/tmp included) as that path.
+  const parent = path.join(REPO_ROOT, 'dist', 'test-trees');
+  fs.mkdirSync(parent, { recursive: true });
+  trees = [0, 1].map(() => {
+    const tree = fs.mkdtempSync(path.join(parent, 'kbuild-embedded-'));
+    fs.cpSync(FIXTURE, tree, { recursive: true });
+    return tree;
+  });
+  stateDir = tempDir('reapi-cc-embedded-state');
+});
+
+after(() => {
+  for (const tree of trees) fs.rmSync(tree, { recursive: true, force: true });
+});
+
+/** The environment of a user who named no server. */
+function env(): NodeJS.ProcessEnv {
+  const e: NodeJS.ProcessEnv = { ...process.env, REAPI_CC_STATE: stateDir };
+  delete e.REAPI_SERVER;
+  return e;
+}
+
+function run(tree: string, file: string, args: string[]) {
+  const r = spawnSync(file, args, { cwd: tree, env: env(), encoding: 'utf8' });
+  assert.equal(r.status, 0, `${file} ${args.join(' ')}: exit ${r.status}\n${r.stdout}\n${r.stderr}`);
+  return r;
+}
+
+function runAsync(tree: string, args: string[]): Promise<{ status: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [REAPI_CC, ...args], { cwd: tree, env: env(), stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (status) => resolve({ status, stderr }));
+  });
+}
+
+function sums(tree: string): Record<string, string> {
+  return Object.fromEntries(OUTPUTS.map((p) => [p, createHash('sha256').update(fs.readFileSync(path.join(tree, p))).digest('hex')]));
+}
+
+function stats(tree: string): Record<string, number> {
+  const text = run(tree, process.execPath, [REAPI_CC, '--stats']).stdout;
+  const num = (label: string) => Number(new RegExp(`^\\s*${label}\\s+(\\d+)`, 'm').exec(text)?.[1]);
+  return { hits: num('Hits'), remoteRuns: num('Remote runs'), localFallbacks: num('Local fallbacks') };
+}
+
+function poolContainers(): string[] {
+  const out = spawnSync('docker', ['ps', '-aq', '--filter', 'label=reapi.pool'], { encoding: 'utf8' }).stdout;
+  return out.split('\n').filter(Boolean);
+}
+
+let plain: Record<string, string>[];
+
+test('with no server named, reapi-cc make runs every object in a farm of its own, with the bytes of a local build', () => {
+  plain = trees.map((tree) => {
+    run(tree, 'make', ['-j8']);
+    const s = sums(tree);
+    run(tree, 'make', ['clean']);
+    return s;
+  });
+  const containersBefore = poolContainers().length;
+  const r = run(trees[0], process.execPath, [REAPI_CC, 'make', '-j8']);
+  assert.doesNotMatch(r.stderr, /warning/, r.stderr);
+  assert.deepEqual(sums(trees[0]), plain[0]);
+  assert.deepEqual(stats(trees[0]), { hits: 0, remoteRuns: 5, localFallbacks: 0 });
+  assert.ok(fs.existsSync(path.join(stateDir, 'farm', 'workers', '0')), 'the farm keeps its data in the state directory');
+  assert.equal(poolContainers().length, containersBefore, 'the worker removed its containers when reapi-cc ended');
+  assert.deepEqual(fs.readdirSync(path.join(stateDir, 'farm', 'workers')), ['0'], 'and released its worker directory');
+});
+
+test('after make clean every object comes from the embedded farm\'s cache', () => {
+  run(trees[0], 'make', ['clean']);
+  run(trees[0], process.execPath, [REAPI_CC, '--zero-stats']);
+  run(trees[0], process.execPath, [REAPI_CC, 'make', '-j8']);
+  assert.deepEqual(sums(trees[0]), plain[0]);
+  assert.deepEqual(stats(trees[0]), { hits: 5, remoteRuns: 0, localFallbacks: 0 });
+});
+
+test('two builds at once on one state directory both run remotely, each in a worker directory of its own', async () => {
+  for (const tree of trees) run(tree, 'make', ['clean']);
+  // A flag change: the C objects of both trees miss the cache, so both builds start a worker.
+  for (const tree of trees) fs.appendFileSync(path.join(tree, 'Makefile.vars'), 'CFLAGS += -DEMBEDDED_TWICE\n');
+  const results = await Promise.all(trees.map((tree) => runAsync(tree, ['make', '-j8'])));
+  for (const [i, r] of results.entries()) {
+    assert.equal(r.status, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /warning/, `build ${i} fell back to a local build:\n${r.stderr}`);
+  }
+  for (const [i, tree] of trees.entries()) {
+    const remote = sums(tree);
+    assert.notDeepEqual(remote, plain[i], 'the flag changed the objects');
+    run(tree, 'make', ['clean']);
+    run(tree, 'make', ['-j8']);
+    assert.deepEqual(remote, sums(tree), `tree ${i}: the bytes of a local build`);
+  }
+});
+
+test('a worker directory is claimed by one live process at a time; a dead holder\'s is taken over', async () => {
+  const base = tempDir('work-dir-claim');
+  const first = await claimWorkDir(base);
+  const second = await claimWorkDir(base);
+  assert.equal(first.dir, path.join(base, '0'));
+  assert.equal(second.dir, path.join(base, '1'), 'the first is held by a live process (this one)');
+  first.release();
+  const again = await claimWorkDir(base);
+  assert.equal(again.dir, path.join(base, '0'), 'a released number is free again');
+  again.release();
+  second.release();
+
+  const dead = spawnSync('true').pid;
+  fs.writeFileSync(path.join(base, '0.pid'), `${dead}\n`);
+  fs.writeFileSync(path.join(base, '1.pid'), 'not a pid\n');
+  const sleeper = spawn('sleep', ['30']);
+  try {
+    fs.writeFileSync(path.join(base, '2.pid'), `${sleeper.pid}\n`);
+    const takeover = await claimWorkDir(base);
+    assert.equal(takeover.dir, path.join(base, '0'), 'the lock of a process that is gone is taken over');
+    assert.equal(fs.readFileSync(path.join(base, '0.pid'), 'utf8'), `${process.pid}\n`);
+    const next = await claimWorkDir(base);
+    assert.equal(next.dir, path.join(base, '3'), 'an unreadable lock and a live holder\'s are left alone');
+    takeover.release();
+    next.release();
+  } finally {
+    sleeper.kill();
+  }
+});
