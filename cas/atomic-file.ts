@@ -16,8 +16,16 @@ const writeFdAsync = promisify(writeFile);
  */
 export const SMALL_FILE_BYTES = 64 * 1024;
 
+/**
+ * A name no other writer uses: this process's pid and random tag, and a counter. Random bytes
+ * once, not per file: a cold kernel build names ~10,000 temporary files, and asking for them
+ * each time cost 0.1 s of CPU. The tag keeps a reused pid from meeting a dead process's leftovers.
+ */
+const processTag = `${process.pid}.${randomBytes(6).toString('hex')}`;
+let tempSeq = 0;
+
 export function tempPath(dir: string, hint: string): string {
-  return path.join(dir, `${hint.slice(0, 16)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  return path.join(dir, `${hint.slice(0, 16)}.${processTag}.${++tempSeq}.tmp`);
 }
 
 export async function writeFileAtomic(finalPath: string, data: Uint8Array, tmpDir: string): Promise<void> {

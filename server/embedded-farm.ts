@@ -13,8 +13,8 @@ import { MemoryOperationStore } from '../scheduler/memory-operation-store';
 import { dockerAvailable } from '../worker/docker-available';
 import { DockerWorker } from '../worker/docker-worker';
 import { DockerImageResolver } from '../worker/image-resolver';
+import { claimNumberedWorkDir } from '../worker/work-dir-lock';
 import { startEmbeddedWorker } from './embedded-worker';
-import { claimWorkDir } from './work-dir-claim';
 
 export interface EmbeddedFarmOptions {
   /** Blobs, action results and the worker directories. */
@@ -49,7 +49,7 @@ export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<Embed
   let started: Promise<{ execution: ExecutionService; worker: DockerWorker; release(): void } | { unavailable: string }> | undefined;
   const start = async () => {
     if (!(await dockerAvailable())) return { unavailable: 'Docker does not answer on /var/run/docker.sock, so no action can run here' };
-    const claim = await claimWorkDir(path.join(opts.dataDir, 'workers'));
+    const claim = claimNumberedWorkDir(path.join(opts.dataDir, 'workers'));
     try {
       const worker = await startEmbeddedWorker({
         storage, actionCache, operations, queue, images,

@@ -13,7 +13,7 @@ const REAPI_CC = path.join(REPO_ROOT, 'dist', 'client', 'reapi-cc.js');
 const FIXTURE = path.join(REPO_ROOT, 'test', 'fixtures', 'kbuild-mini');
 const OUTPUTS = ['app/main.o', 'lib/util.o', 'lib/math.o', 'lib/asm.o', 'tools/objtool/objtool.o', 'app/.main.o.cmd', 'lib/.util.o.cmd'];
 
-const { claimWorkDir } = require(path.join(REPO_ROOT, 'dist', 'server', 'work-dir-claim.js')) as typeof import('../server/work-dir-claim');
+const { claimNumberedWorkDir, lockWorkDir } = require(path.join(REPO_ROOT, 'dist', 'worker', 'work-dir-lock.js')) as typeof import('../worker/work-dir-lock');
 
 let trees: string[];
 let stateDir: string;
@@ -117,31 +117,34 @@ test('two builds at once on one state directory both run remotely, each in a wor
   }
 });
 
-test('a worker directory is claimed by one live process at a time; a dead holder\'s is taken over', async () => {
+test('a worker directory is claimed by one live process at a time; a dead holder\'s is taken over', () => {
   const base = tempDir('work-dir-claim');
-  const first = await claimWorkDir(base);
-  const second = await claimWorkDir(base);
+  const first = claimNumberedWorkDir(base);
+  const second = claimNumberedWorkDir(base);
   assert.equal(first.dir, path.join(base, '0'));
   assert.equal(second.dir, path.join(base, '1'), 'the first is held by a live process (this one)');
   first.release();
-  const again = await claimWorkDir(base);
+  const again = claimNumberedWorkDir(base);
   assert.equal(again.dir, path.join(base, '0'), 'a released number is free again');
   again.release();
   second.release();
 
   const dead = spawnSync('true').pid;
   fs.writeFileSync(path.join(base, '0.pid'), `${dead}\n`);
-  fs.writeFileSync(path.join(base, '1.pid'), 'not a pid\n');
+  fs.writeFileSync(path.join(base, '1.pid'), `${process.pid}\n`);
+  fs.writeFileSync(path.join(base, '2.pid'), 'not a pid\n');
   const sleeper = spawn('sleep', ['30']);
   try {
-    fs.writeFileSync(path.join(base, '2.pid'), `${sleeper.pid}\n`);
-    const takeover = await claimWorkDir(base);
-    assert.equal(takeover.dir, path.join(base, '0'), 'the lock of a process that is gone is taken over');
+    fs.writeFileSync(path.join(base, '3.pid'), `${sleeper.pid}\n`);
+    const takeovers = [0, 1, 2].map(() => claimNumberedWorkDir(base));
+    assert.deepEqual(takeovers.map((t) => t.dir), [0, 1, 2].map(String).map((n) => path.join(base, n)),
+      'taken over: a dead process\'s lock, one naming this pid that this process does not hold (a predecessor with the same pid), an unreadable one');
     assert.equal(fs.readFileSync(path.join(base, '0.pid'), 'utf8'), `${process.pid}\n`);
-    const next = await claimWorkDir(base);
-    assert.equal(next.dir, path.join(base, '3'), 'an unreadable lock and a live holder\'s are left alone');
-    takeover.release();
-    next.release();
+    const lock = lockWorkDir(path.join(base, '3.pid'));
+    assert.deepEqual(lock, { heldBy: sleeper.pid }, 'a live holder keeps its lock');
+    const next = claimNumberedWorkDir(base);
+    assert.equal(next.dir, path.join(base, '4'));
+    for (const t of [...takeovers, next]) t.release();
   } finally {
     sleeper.kill();
   }

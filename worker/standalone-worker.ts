@@ -13,6 +13,7 @@ import { RemoteActionCache } from './remote-action-cache';
 import { RemoteContentAccess } from './remote-content-access';
 import { ClientTlsFiles } from '../server/tls';
 import { ServerClients, connectToServer } from './server-connection';
+import { lockWorkDir } from './work-dir-lock';
 
 const SERVER_CHECK_MS = 10_000;
 const SERVER_PING_MS = 1500;
@@ -47,7 +48,7 @@ export async function startStandaloneWorker(opts: StandaloneWorkerOptions): Prom
   const access = new RemoteContentAccess(server);
 
   await fs.mkdir(opts.workDir, { recursive: true });
-  await claimWorkDir(opts.workDir);
+  claimWorkDir(opts.workDir);
   const queue = new BullMqActionQueue({ url: opts.redis, lockDurationMs: opts.queueLockMs, stalledIntervalMs: opts.queueLockMs });
   const operations = new RedisOperationStore({ url: opts.redis });
   const worker = await startDockerWorker({
@@ -98,25 +99,8 @@ async function pingServer(server: ServerClients, url: string): Promise<void> {
   }
 }
 
-/**
- * Two live workers on one work dir would remove each other's containers and action directories
- * (the sandbox's container pool is named after the directory): refuse to start the second. A pid
- * file left by a dead worker is taken over.
- */
-async function claimWorkDir(workDir: string): Promise<void> {
-  const pidFile = path.join(workDir, 'worker.pid');
-  const previous = Number((await fs.readFile(pidFile, 'utf8').catch(() => '')).trim());
-  if (Number.isInteger(previous) && previous > 0 && previous !== process.pid && isAlive(previous)) {
-    throw new Error(`work dir ${workDir} is in use by the worker with pid ${previous}; give each worker its own --work-dir`);
-  }
-  await fs.writeFile(pidFile, `${process.pid}\n`);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+/** Refuses to start a second live worker on one work dir (worker/work-dir-lock.ts says why). */
+function claimWorkDir(workDir: string): void {
+  const lock = lockWorkDir(path.join(workDir, 'worker.pid'));
+  if ('heldBy' in lock) throw new Error(`work dir ${workDir} is in use by the worker with pid ${lock.heldBy}; give each worker its own --work-dir`);
 }
