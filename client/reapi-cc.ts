@@ -115,7 +115,7 @@ async function connect(config: ClientConfig): Promise<ReapiCalls> {
   }
   const { openEmbeddedFarm } = require('../server/embedded-farm') as typeof import('../server/embedded-farm');
   const { InProcessCalls } = require('./in-process-calls') as typeof import('./in-process-calls');
-  const farm = await openEmbeddedFarm({ dataDir: embedded, concurrency: config.workerSlots, defaultImage: config.image.replace(/^docker:\/\//, '') });
+  const farm = await openEmbeddedFarm({ dataDir: embedded, concurrency: config.workerSlots, defaultImage: config.image });
   return new InProcessCalls(farm);
 }
 
