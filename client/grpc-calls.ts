@@ -82,12 +82,24 @@ export class GrpcCalls implements ReapiCalls {
     return Buffer.concat(chunks);
   }
 
-  async execute(actionDigest: Digest): Promise<rex.ExecuteResponse | undefined> {
+  async execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined> {
+    if (stop?.aborted) throw new InfrastructureError('Execute: no longer wanted');
     const stream = this.exec.Execute({ instanceName: this.instanceName, actionDigest, skipCacheLookup: false });
+    // Only this client stops waiting: the server may be running the action for others too, and
+    // its result still lands in the cache.
+    const hangUp = () => stream.cancel();
+    stop?.addEventListener('abort', hangUp, { once: true });
     let response: rex.ExecuteResponse | undefined;
-    for await (const op of stream as AsyncIterable<{ done?: boolean; response?: { value?: Uint8Array | null } | null; error?: { code?: number; message?: string } | null }>) {
-      if (op.error) throw new InfrastructureError(`Execute failed: ${op.error.message}`);
-      if (op.done && op.response?.value) response = rex.ExecuteResponse.decode(op.response.value);
+    try {
+      for await (const op of stream as AsyncIterable<{ done?: boolean; response?: { value?: Uint8Array | null } | null; error?: { code?: number; message?: string } | null }>) {
+        if (op.error) throw new InfrastructureError(`Execute failed: ${op.error.message}`);
+        if (op.done && op.response?.value) response = rex.ExecuteResponse.decode(op.response.value);
+      }
+    } catch (err) {
+      if (stop?.aborted) throw new InfrastructureError('Execute: no longer wanted');
+      throw err;
+    } finally {
+      stop?.removeEventListener('abort', hangUp);
     }
     return response;
   }

@@ -4,7 +4,7 @@ import { status } from '@grpc/grpc-js';
 import { rex } from '../apis';
 import type { EmbeddedFarm } from '../server/embedded-farm';
 import { Digest } from './action-builder';
-import { ReapiCalls, Result, UnreachableError } from './remote-executor';
+import { InfrastructureError, ReapiCalls, Result, UnreachableError } from './remote-executor';
 
 export class InProcessCalls implements ReapiCalls {
   constructor(private readonly farm: EmbeddedFarm) {}
@@ -42,18 +42,29 @@ export class InProcessCalls implements ReapiCalls {
     return data;
   }
 
-  async execute(actionDigest: Digest): Promise<rex.ExecuteResponse | undefined> {
+  async execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined> {
     const execution = await this.farm.execution();
     if ('unavailable' in execution) throw new UnreachableError(execution.unavailable);
     // Aborted at the end: it unsubscribes the watch of the operation.
     const done = new AbortController();
+    // This farm runs for this client alone: an action nobody waits for any more is cancelled,
+    // so that closing the farm does not wait for it.
+    let operation: string | undefined;
+    const cancel = () => void (operation && this.farm.cancel(operation).catch(() => undefined));
+    stop?.addEventListener('abort', cancel, { once: true });
     try {
       let response: rex.ExecuteResponse | undefined;
       for await (const record of execution.execute(rex.ExecuteRequest.create({ actionDigest }), done.signal)) {
+        if (!operation) {
+          operation = record.name;
+          if (stop?.aborted) cancel();
+        }
         if (record.done && record.response) response = rex.ExecuteResponse.decode(record.response);
       }
+      if (stop?.aborted) throw new InfrastructureError('Execute: no longer wanted');
       return response;
     } finally {
+      stop?.removeEventListener('abort', cancel);
       done.abort();
     }
   }

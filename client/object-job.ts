@@ -29,11 +29,16 @@ export interface ObjectJob {
   candidates: string[];
   /** The recipe's whole environment; only the allowlisted part reaches the action. */
   env: NodeJS.ProcessEnv;
+  /** Aborts when nobody waits for the object any more (make was interrupted): the job stops early. */
+  stop?: AbortSignal;
 }
 
 export type JobOutcome =
   | { kind: 'replay'; exitCode: number; stdout: Buffer; stderr: Buffer }
   | { kind: 'local' };
+
+/** The answer for a job nobody waits for: not run, not counted, nothing written. */
+const ABANDONED: JobOutcome = { kind: 'local' };
 
 export class ObjectRunner {
   /** Set once the server proved unreachable: the rest of the build runs locally. */
@@ -50,6 +55,7 @@ export class ObjectRunner {
   ) {}
 
   async run(job: ObjectJob): Promise<JobOutcome> {
+    if (job.stop?.aborted) return ABANDONED;
     if (this.serverDown) return this.local();
     const placed = placeAction(job);
     if (!placed) return { kind: 'local' };
@@ -133,18 +139,19 @@ export class ObjectRunner {
         return await this.replay(cached);
       }
       built ??= build();
+      if (job.stop?.aborted) return ABANDONED;
       const upload = (b: BuiltAction) =>
         this.executor.uploadMissing([
           ...b.messages.map((m) => ({ digest: m.digest, read: async () => m.data })),
           ...discovery.inputs.map((f) => ({ digest: f.digest, read: () => readBlobFile(path.join(job.root, f.path), f.digest.sizeBytes) })),
         ]);
       await upload(built);
-      let outcome = await this.executor.execute(built.actionDigest);
+      let outcome = await this.executor.execute(built.actionDigest, job.stop);
       if (outcome.status.code === grpc.status.FAILED_PRECONDITION) {
         // An input we believed the server had is gone (evicted): ask about every blob again.
         this.executor.forgetPresent();
         await upload(built);
-        outcome = await this.executor.execute(built.actionDigest);
+        outcome = await this.executor.execute(built.actionDigest, job.stop);
       }
       if (outcome.status.code !== 0 || !outcome.result) {
         throw new InfrastructureError(`the server could not run it: ${outcome.status.message || 'no result'}`);
@@ -174,6 +181,7 @@ export class ObjectRunner {
       return await this.replay(result);
     } catch (err) {
       if (!(err instanceof InfrastructureError)) throw err;
+      if (job.stop?.aborted) return ABANDONED;
       if (isUnreachable(err)) {
         if (!this.serverDown) this.warn(`reapi-cc: warning: ${farmName(this.config)} is unreachable (${err.message}); building locally`);
         this.serverDown = true;

@@ -47,8 +47,12 @@ export interface ReapiCalls {
   writeBlob(digest: Digest, data: Buffer): Promise<void>;
   batchReadBlobs(digests: Digest[]): Promise<(BlobResponse & { data?: Uint8Array | null })[]>;
   readBlob(digest: Digest): Promise<Buffer>;
-  /** The ExecuteResponse the operation finished with (undefined if it ended without one). */
-  execute(actionDigest: Digest): Promise<rex.ExecuteResponse | undefined>;
+  /**
+   * The ExecuteResponse the operation finished with (undefined if it ended without one). When
+   * `stop` aborts, the caller no longer wants the result: the call ends early, rejecting with
+   * an InfrastructureError.
+   */
+  execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined>;
   close(): Promise<void>;
 }
 
@@ -161,10 +165,10 @@ export class RemoteExecutor {
   }
 
   /** Runs the action (the server answers from its cache when it can) and waits for the result. */
-  async execute(actionDigest: Digest): Promise<ExecuteOutcome> {
+  async execute(actionDigest: Digest, stop?: AbortSignal): Promise<ExecuteOutcome> {
     let response: rex.ExecuteResponse | undefined;
     try {
-      response = await this.calls.execute(actionDigest);
+      response = await this.calls.execute(actionDigest, stop);
     } catch (err) {
       if (err instanceof InfrastructureError) throw err;
       const code = (err as { code?: number }).code;

@@ -2,6 +2,7 @@
 // One session serves one `reapi-cc make`: requests from every recipe shell arrive on one FIFO,
 // each is answered on the recipe's own FIFO, and many object pipelines are in flight at once.
 import { execFileSync } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
 import { accessSync, constants, promises as fs, openSync, closeSync, writeSync, mkdtempSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -22,13 +23,18 @@ export interface SessionOptions {
 
 export class MakeSession {
   private readonly inFlight = new Set<Promise<void>>();
+  /** Aborted once make has exited: a job still in flight then has no recipe waiting for it. */
+  private readonly makeGone = new AbortController();
   private socket?: net.Socket;
 
   private constructor(
     readonly dir: string,
     readonly shellPath: string,
     private readonly opts: SessionOptions,
-  ) {}
+  ) {
+    // Every job in flight listens (make -j64: 64 of them); that is no leak.
+    setMaxListeners(0, this.makeGone.signal);
+  }
 
   static async start(opts: SessionOptions): Promise<MakeSession> {
     // The compiled front when a C compiler is at hand, else the sh front (same protocol), which
@@ -59,7 +65,14 @@ export class MakeSession {
     return session;
   }
 
+  /**
+   * Call once make has exited. Every recipe shell waits for its answer, so after a normal end
+   * nothing is in flight; after an interrupt, the jobs of the killed recipes are, and they stop
+   * rather than finish for nobody (the embedded farm cancels their actions; a server is left to
+   * finish its own, for its cache and for other clients waiting on them).
+   */
   async close(): Promise<void> {
+    this.makeGone.abort();
     while (this.inFlight.size) await Promise.all([...this.inFlight]);
     this.socket?.destroy();
     await fs.rm(this.dir, { recursive: true, force: true });
@@ -85,6 +98,7 @@ export class MakeSession {
           outputs: recipe.outputs,
           candidates: recipe.candidateInputs,
           env: parseEnv(envText),
+          stop: this.makeGone.signal,
         });
         if (outcome.kind === 'replay') {
           if (outcome.stdout.length) writeFileSync(`${base}.1`, outcome.stdout);

@@ -10,6 +10,7 @@ import { FileStorage } from '../cas/file-storage';
 import { ExecutionService } from '../scheduler/execution-service';
 import { MemoryActionQueue } from '../scheduler/memory-action-queue';
 import { MemoryOperationStore } from '../scheduler/memory-operation-store';
+import { OperationsService } from '../scheduler/operations-service';
 import { dockerAvailable } from '../worker/docker-available';
 import { DockerWorker } from '../worker/docker-worker';
 import { DockerImageResolver } from '../worker/image-resolver';
@@ -35,6 +36,8 @@ export interface EmbeddedFarm {
    * container); when Docker does not answer, the reason no action can run.
    */
   execution(): Promise<ExecutionService | { unavailable: string }>;
+  /** CancelOperation: a queued action is dropped, a running one killed; it finishes as CANCELLED. */
+  cancel(operationName: string): Promise<void>;
   /** Finishes running actions, removes the worker's containers, releases its directory. */
   close(): Promise<void>;
 }
@@ -73,6 +76,7 @@ export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<Embed
       const s = await (started ??= start());
       return 'unavailable' in s ? s : s.execution;
     },
+    cancel: (operationName) => new OperationsService(operations, queue).cancel(operationName),
     async close() {
       const s = started && (await started.catch(() => undefined));
       if (s && !('unavailable' in s)) {

@@ -1,6 +1,6 @@
 // reapi-cc with no server named: the farm (storage, action cache, scheduler, Docker worker) runs
 // inside reapi-cc. The same objects as a local build, hits after `make clean`, two builds at once
-// on one state directory, each with a worker directory of its own.
+// on one state directory, each with a worker directory of its own, and ^C in the middle.
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -116,6 +116,34 @@ test('two builds at once on one state directory both run remotely, each in a wor
     assert.deepEqual(remote, sums(tree), `tree ${i}: the bytes of a local build`);
   }
 });
+
+test('^C during a build: make stops at once, and the actions of its killed recipes are cancelled, not finished for nobody', async () => {
+  const tree = trees[1];
+  run(tree, 'make', ['clean']);
+  // Every C object's action now waits in its second step (check-local-export runs in the
+  // action) until it is killed. Left to finish, it would write its object when the sleep ends.
+  fs.writeFileSync(path.join(tree, 'scripts', 'check-local-export'), '#!/bin/sh\nexec sleep 120\n', { mode: 0o755 });
+  const containersBefore = poolContainers().length;
+  // A group of its own, as a shell gives a foreground job: ^C reaches make and its recipes.
+  const child = spawn(process.execPath, [REAPI_CC, 'make', '-j8'], { cwd: tree, env: env(), stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+  while (!actionsSleeping()) await new Promise((r) => setTimeout(r, 200));
+  process.kill(-child.pid!, 'SIGINT');
+  // make ends with 130 (killed by SIGINT) or, when it finds its children already gone, 2.
+  assert.notEqual(await exited, 0, `reapi-cc fails as make does on ^C\n${stderr}`);
+  assert.doesNotMatch(stderr, /warning/, 'abandoned jobs are no failures to warn about');
+  for (const object of ['app/main.o', 'lib/util.o', 'lib/math.o']) {
+    assert.equal(fs.existsSync(path.join(tree, object)), false, `${object}: nothing written after make stopped`);
+  }
+  assert.equal(poolContainers().length, containersBefore, 'the worker removed its containers');
+});
+
+/** Whether some pool container runs the sleeping check-local-export. */
+function actionsSleeping(): boolean {
+  return poolContainers().some((id) => /sleep 120/.test(spawnSync('docker', ['top', id], { encoding: 'utf8' }).stdout ?? ''));
+}
 
 test('a worker directory is claimed by one live process at a time; a dead holder\'s is taken over', () => {
   const base = tempDir('work-dir-claim');
