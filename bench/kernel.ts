@@ -15,6 +15,7 @@
 // The machine's speed drifts by several percent within minutes, as much as the gap the cold goal
 // is about: reapi-cc cold builds (--cold-runs, 2) alternate with plain builds in the toolchain
 // image, starting and ending with one, and one more host build follows; the ratios are of means.
+// The no-ops (~2 s each) alternate too, three pairs on the built tree; their ratio is of medians.
 //
 // A second plain baseline runs the same make in the toolchain image the actions use: the tools
 // on the host may differ. Here they do: the host's nm loads every bfd plugin, LLVMgold among them
@@ -83,10 +84,9 @@ function timed(tree: string, file: string, args: string[], env: NodeJS.ProcessEn
   });
 }
 
-/** A build of ~2 s is at the mercy of whatever else the machine does: the middle of three runs. */
-async function median3(run: () => Promise<number>): Promise<number> {
-  const t = [await run(), await run(), await run()].sort((a, b) => a - b);
-  return t[1];
+/** The middle value (of an odd count): a build of ~2 s is at the mercy of whatever else the machine does. */
+function median(values: number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 }
 
 function mean(values: number[]): number {
@@ -159,8 +159,6 @@ async function main(): Promise<void> {
   const plain = [await plainBuild()];
   rows.push([`plain make -j${jobs}`, plain[0]]);
   const plainSums = objectSums(tree);
-  const plainNoop = await median3(plainBuild);
-  rows.push(['plain make no-op (median of 3)', plainNoop]);
 
   let ccacheWarm = NaN;
   if (!values['only-check']) {
@@ -220,8 +218,17 @@ async function main(): Promise<void> {
     const warm = await timed(tree, process.execPath, [REAPI_CC, 'make', `-j${remoteJobs}`], env);
     rows.push(['reapi-cc warm', warm]);
     if (check) problems.push(...compareSums('reapi-cc warm', plainSums, objectSums(tree)));
-    const noop = await median3(() => timed(tree, process.execPath, [REAPI_CC, 'make', `-j${jobs}`], env));
-    rows.push(['reapi-cc no-op (median of 3)', noop]);
+    // No-ops alternate as well (plain, reapi-cc, three times each), on the tree just built: with
+    // the plain ones measured first and reapi-cc's last, a drift within the run became the ratio.
+    const plainNoops: number[] = [];
+    const noops: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      plainNoops.push(await plainBuild());
+      noops.push(await timed(tree, process.execPath, [REAPI_CC, 'make', `-j${jobs}`], env));
+    }
+    const plainNoop = median(plainNoops);
+    const noop = median(noops);
+    rows.push(['plain make no-op (median of 3, alternating)', plainNoop], ['reapi-cc no-op (median of 3, alternating)', noop]);
     log(execFileSync(process.execPath, [REAPI_CC, '--stats'], { env: { ...process.env, ...env } }).toString());
 
     const plainMean = mean(plain);
