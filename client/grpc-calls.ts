@@ -83,7 +83,6 @@ export class GrpcCalls implements ReapiCalls {
   }
 
   async execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined> {
-    if (stop?.aborted) throw new InfrastructureError('Execute: no longer wanted');
     const stream = this.exec.Execute({ instanceName: this.instanceName, actionDigest, skipCacheLookup: false });
     // Only this client stops waiting: the server may be running the action for others too, and
     // its result still lands in the cache.
@@ -95,9 +94,6 @@ export class GrpcCalls implements ReapiCalls {
         if (op.error) throw new InfrastructureError(`Execute failed: ${op.error.message}`);
         if (op.done && op.response?.value) response = rex.ExecuteResponse.decode(op.response.value);
       }
-    } catch (err) {
-      if (stop?.aborted) throw new InfrastructureError('Execute: no longer wanted');
-      throw err;
     } finally {
       stop?.removeEventListener('abort', hangUp);
     }

@@ -4,7 +4,7 @@ import { status } from '@grpc/grpc-js';
 import { rex } from '../apis';
 import type { EmbeddedFarm } from '../server/embedded-farm';
 import { Digest } from './action-builder';
-import { InfrastructureError, ReapiCalls, Result, UnreachableError } from './remote-executor';
+import { ReapiCalls, Result, UnreachableError } from './remote-executor';
 
 export class InProcessCalls implements ReapiCalls {
   constructor(private readonly farm: EmbeddedFarm) {}
@@ -61,7 +61,6 @@ export class InProcessCalls implements ReapiCalls {
         }
         if (record.done && record.response) response = rex.ExecuteResponse.decode(record.response);
       }
-      if (stop?.aborted) throw new InfrastructureError('Execute: no longer wanted');
       return response;
     } finally {
       stop?.removeEventListener('abort', cancel);

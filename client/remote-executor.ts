@@ -49,8 +49,8 @@ export interface ReapiCalls {
   readBlob(digest: Digest): Promise<Buffer>;
   /**
    * The ExecuteResponse the operation finished with (undefined if it ended without one). When
-   * `stop` aborts, the caller no longer wants the result: the call ends early, rejecting with
-   * an InfrastructureError.
+   * `stop` aborts meanwhile, the caller no longer wants the result: the call may end early, with
+   * an error or a CANCELLED status.
    */
   execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined>;
   close(): Promise<void>;
@@ -164,8 +164,12 @@ export class RemoteExecutor {
     for (const blob of missing) this.present.add(`${blob.digest.hash}/${blob.digest.sizeBytes}`);
   }
 
-  /** Runs the action (the server answers from its cache when it can) and waits for the result. */
+  /**
+   * Runs the action (the server answers from its cache when it can) and waits for the result;
+   * not at all once `stop` has aborted.
+   */
   async execute(actionDigest: Digest, stop?: AbortSignal): Promise<ExecuteOutcome> {
+    if (stop?.aborted) throw new InfrastructureError('Execute: no longer wanted');
     let response: rex.ExecuteResponse | undefined;
     try {
       response = await this.calls.execute(actionDigest, stop);

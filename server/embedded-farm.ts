@@ -49,6 +49,7 @@ export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<Embed
   const actionCache = new ActionCacheService(storage, { allowClientUpdates: true, resolveImage });
   const operations = new MemoryOperationStore();
   const queue = new MemoryActionQueue();
+  const operationsService = new OperationsService(operations, queue);
   let started: Promise<{ execution: ExecutionService; worker: DockerWorker; release(): void } | { unavailable: string }> | undefined;
   const start = async () => {
     if (!(await dockerAvailable())) return { unavailable: 'Docker does not answer on /var/run/docker.sock, so no action can run here' };
@@ -76,7 +77,7 @@ export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<Embed
       const s = await (started ??= start());
       return 'unavailable' in s ? s : s.execution;
     },
-    cancel: (operationName) => new OperationsService(operations, queue).cancel(operationName),
+    cancel: (operationName) => operationsService.cancel(operationName),
     async close() {
       const s = started && (await started.catch(() => undefined));
       if (s && !('unavailable' in s)) {
