@@ -8,11 +8,12 @@ import { DEFAULT_MAX_ACTION_OUTPUT_BYTES } from '../cas/limits';
 export const DEFAULT_IMAGE = 'reapi-toolchain:bookworm';
 
 /**
- * Actions at once: one per CPU, plus two. Part of every action is not computing but waiting:
- * staging its inputs, starting it in its container, syncing its outputs and result to disk
- * (measured on small actions: more than half of a slot's time). Two extra slots keep the CPUs
- * busy through those waits, without overcommitting memory the way doubling would on a large
- * machine running big compiles.
+ * Actions executing at once: one per CPU, plus two. Part of every action was not computing but
+ * waiting: staging its inputs, starting it in its container, syncing its outputs and result to
+ * disk (measured on small actions: more than half of a slot's time). Two extra slots kept the
+ * CPUs busy through those waits, without overcommitting memory the way doubling would on a large
+ * machine running big compiles. Staging and syncing no longer hold a slot (--stage-ahead); the
+ * two stay until small actions are measured again without them.
  */
 export const DEFAULT_CONCURRENCY = os.cpus().length + 2;
 
@@ -20,6 +21,7 @@ export const DEFAULT_CONCURRENCY = os.cpus().length + 2;
 export const WORKER_OPTIONS = {
   image: { type: 'string', default: DEFAULT_IMAGE },
   concurrency: { type: 'string', default: String(DEFAULT_CONCURRENCY) },
+  'stage-ahead': { type: 'string' },
   strict: { type: 'boolean', default: false },
   platform: { type: 'string', default: 'OSFamily=Linux' },
   'max-output-bytes': { type: 'string', default: String(DEFAULT_MAX_ACTION_OUTPUT_BYTES) },
@@ -27,7 +29,10 @@ export const WORKER_OPTIONS = {
 } as const;
 
 export const WORKER_USAGE = `      --image          container image for actions that name none (default ${DEFAULT_IMAGE})
-      --concurrency    actions at once (default: number of CPUs + 2)
+      --concurrency    actions executing at once (default: number of CPUs + 2)
+      --stage-ahead    actions taken beyond those, their inputs staged while the others run, so
+                       each starts as soon as a slot frees (default: half of --concurrency,
+                       rounded up; 0 stages each action only when a slot is free)
       --strict         a fresh container for every action instead of warm ones
       --platform       properties this worker offers, name=value,... (default OSFamily=Linux)
       --max-output-bytes
@@ -72,6 +77,14 @@ export function sandboxMode(value: string | undefined): SandboxMode {
 export function positiveInteger(value: string | undefined, what: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new Error(`${what} must be a positive integer, not ${JSON.stringify(value)}`);
+  return n;
+}
+
+/** --stage-ahead: undefined for the default, else a count that may be 0. */
+export function stageAhead(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 0) throw new Error(`--stage-ahead must be 0 or a positive integer, not ${JSON.stringify(value)}`);
   return n;
 }
 

@@ -21,7 +21,7 @@ import type * as RedisOperationStoreModule from '../scheduler/redis-operation-st
 import type * as BullMqModule from '../scheduler/bullmq-action-queue';
 import { startHttpEndpoints } from '../server/http-endpoints';
 import { ReadinessCheck, dockerCheck, redisCheck } from '../server/readiness';
-import { METRICS_USAGE, WORKER_OPTIONS, WORKER_USAGE, checkRedis, metricsListen, positiveInteger, queueLockMsFromEnv, redisUrl } from './options';
+import { METRICS_USAGE, WORKER_OPTIONS, WORKER_USAGE, checkRedis, metricsListen, positiveInteger, queueLockMsFromEnv, redisUrl, stageAhead } from './options';
 
 export const SERVE_USAGE = `  reapi serve [--listen HOST:PORT] [--data DIR] [--storage SPEC | --storage-config FILE] [--redis URL] [--no-ac-updates] [--worker auto|on|off]
               [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--tokens FILE]
@@ -93,6 +93,7 @@ export async function serve(argv: string[]): Promise<void> {
   const workerMode = values.worker;
   if (!['auto', 'on', 'off'].includes(workerMode)) throw new Error(`--worker must be auto, on or off, not ${JSON.stringify(workerMode)}`);
   const concurrency = positiveInteger(values.concurrency, '--concurrency');
+  const ahead = stageAhead(values['stage-ahead']);
   const maxOutputBytes = parseBytes(values['max-output-bytes'], '--max-output-bytes');
   const limits = {
     maxBlobBytes: parseBytes(values['max-blob-bytes'], '--max-blob-bytes'),
@@ -145,6 +146,7 @@ export async function serve(argv: string[]): Promise<void> {
       workDir: path.join(path.resolve(values.data), 'worker'),
       defaultImage: values.image,
       concurrency,
+      stageAhead: ahead,
       maxOutputBytes,
       allowNetwork: values['allow-network'],
       strict: values.strict,

@@ -22,6 +22,7 @@ import {
   queueLockMsFromEnv,
   redisUrl,
   sandboxMode,
+  stageAhead,
 } from './options';
 
 export const WORKER_COMMAND_USAGE = `  reapi worker --server grpc[s]://HOST:PORT --redis redis://HOST:PORT [--work-dir DIR] [--name NAME]
@@ -68,6 +69,7 @@ export async function worker(argv: string[]): Promise<void> {
   const redis = redisUrl(values.redis);
   const metricsAddress = metricsListen(values['metrics-listen']);
   const concurrency = positiveInteger(values.concurrency, '--concurrency');
+  const ahead = stageAhead(values['stage-ahead']);
   const token = workerToken(values['token-file']);
   const sandbox = sandboxMode(values.sandbox);
   if (sandbox === 'docker' && !(await dockerAvailable())) {
@@ -91,6 +93,7 @@ export async function worker(argv: string[]): Promise<void> {
     workDir,
     defaultImage: values.image,
     concurrency,
+    stageAhead: ahead,
     maxOutputBytes: parseBytes(values['max-output-bytes'], '--max-output-bytes'),
     strict: values.strict,
     allowNetwork: values['allow-network'],

@@ -14,12 +14,14 @@ const DEPTH_TIMEOUT_MS = 2000;
 export type ByteDirection = 'in' | 'out';
 export type BytePath = 'bytestream' | 'batch';
 export type LookupResult = 'hit' | 'miss';
-export type Stage = 'queued' | 'fetch' | 'execute' | 'upload';
+export type Stage = 'queued' | 'fetch' | 'slot_wait' | 'execute' | 'upload';
 
 /** The stages of ExecutedActionMetadata, each as the pair of timestamps that bound it. */
 const STAGES: [Stage, keyof rex.ExecutedActionMetadata.$Properties, keyof rex.ExecutedActionMetadata.$Properties][] = [
   ['queued', 'queuedTimestamp', 'workerStartTimestamp'],
   ['fetch', 'inputFetchStartTimestamp', 'inputFetchCompletedTimestamp'],
+  // Staged ahead, waiting for an execute slot (--stage-ahead): near zero means slots wait for inputs.
+  ['slot_wait', 'inputFetchCompletedTimestamp', 'executionStartTimestamp'],
   ['execute', 'executionStartTimestamp', 'executionCompletedTimestamp'],
   ['upload', 'outputUploadStartTimestamp', 'outputUploadCompletedTimestamp'],
 ];
@@ -136,14 +138,14 @@ export class WorkerMetrics implements WorkerObserver {
     });
     this.stages = new Histogram({
       name: 'reapi_action_stage_seconds',
-      help: 'Time per stage of an action, from its ExecutedActionMetadata: queued (until a worker took it), fetch (inputs), execute, upload (outputs).',
+      help: 'Time per stage of an action, from its ExecutedActionMetadata: queued (until a worker took it), fetch (inputs), slot_wait (inputs staged, waiting for an execute slot), execute, upload (outputs).',
       labelNames: ['stage'],
       buckets: STAGE_BUCKETS,
       registers,
     });
     this.running = new Gauge({
       name: 'reapi_running_actions',
-      help: 'Actions this worker is running now (each holds one --concurrency slot).',
+      help: 'Actions this worker holds now: staging inputs or waiting for an execute slot (--stage-ahead), executing (--concurrency), or uploading outputs.',
       registers,
     });
     for (const outcome of ACTION_OUTCOMES) this.actions.inc({ outcome }, 0);

@@ -5,28 +5,26 @@ import * as grpc from '@grpc/grpc-js';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { rex, rpc } from '../apis';
-import { ExecutionService, OperationsService, createClient, unary } from '../apis/services';
-import { clientsFor, readAll, statusOf } from './helpers/clients';
+import { unary } from '../apis/services';
+import { farmClientsFor, readAll, statusOf } from './helpers/clients';
 import { ServerProcess, startServerProcess } from './helpers/server-process';
 import { BuiltAction, Response, blob, buildAction, collect, decodeOperation, execute, executeToEnd, millis, upload } from './helpers/actions';
 
 let server: ServerProcess;
-let clients: ReturnType<typeof clientsFor>;
-let exec: InstanceType<typeof ExecutionService.Client>;
-let ops: InstanceType<typeof OperationsService.Client>;
+let clients: ReturnType<typeof farmClientsFor>;
+let exec: typeof clients.exec;
+let ops: typeof clients.ops;
 
 before(async () => {
-  // One action at a time, so queue order (priorities) is observable.
-  server = await startServerProcess({ args: ['--worker', 'on', '--concurrency', '1'] });
-  clients = clientsFor(server.address);
-  exec = createClient(ExecutionService, server.address);
-  ops = createClient(OperationsService, server.address);
+  // One action at a time and none staged past it, so queue order (priorities) is observable
+  // (worker-stage-ahead.test.ts has the worker that stages ahead).
+  server = await startServerProcess({ args: ['--worker', 'on', '--concurrency', '1', '--stage-ahead', '0'] });
+  clients = farmClientsFor(server.address);
+  ({ exec, ops } = clients);
 });
 
 after(async () => {
   clients.close();
-  exec.close();
-  ops.close();
   await server.stop();
 });
 

@@ -158,7 +158,7 @@ test('counters follow what a client does: actions, cache lookups, bytes, gRPC ca
     ['BatchReadBlobs', 'OK', 1],
   ];
   for (const [method, code, n] of calls) assert.equal(m.value('reapi_grpc_requests_total', { method, code }), n, `${method} ${code}`);
-  for (const stage of ['queued', 'fetch', 'execute', 'upload']) {
+  for (const stage of ['queued', 'fetch', 'slot_wait', 'execute', 'upload']) {
     assert.equal(m.value('reapi_action_stage_seconds_count', { stage }), 1, `stage ${stage}`);
     assert.ok(m.value('reapi_action_stage_seconds_sum', { stage })! >= 0);
   }

@@ -13,6 +13,7 @@ import { loadRecentAction } from '../scheduler/action-loader';
 import { PlatformProperty, containerImage, propertyValue } from '../scheduler/platform';
 import { RpcError, failedPrecondition } from '../server/rpc-error';
 import { ContentAccess } from './content-access';
+import { ExecuteSlots } from './execute-slots';
 import { FileCache } from './file-cache';
 import { createOutputParents, DirectoryCache, makeOwnedDirectory, materializeInputRoot, outputParents, settleAll } from './input-tree';
 import { collectOutputs, uploadStdio } from './output-collector';
@@ -40,6 +41,8 @@ export interface PipelineOptions {
   /** Whether an action may have a network when its platform asks (dockerNetwork=standard). */
   allowNetwork: boolean;
   images: ImageResolver;
+  /** Shared by the worker's actions: the inputs are staged before, the outputs collected after. */
+  executeSlots: ExecuteSlots;
 }
 
 export interface PipelineOutcome {
@@ -166,16 +169,22 @@ async function runAction(
     // Each action gets a private TMPDIR unless it chose one itself.
     env.TMPDIR ??= scratchDir;
     const timeoutMs = actionTimeout(action, opts);
+    const permit = await opts.executeSlots.acquire(cancel);
     meta.executionStartTimestamp = now();
-    const run = await slot.run({
-      argv: command.arguments,
-      env,
-      cwd: path.posix.join(rootInContainer, command.workingDirectory),
-      ...stdio,
-      timeoutMs,
-      maxOutputBytes: opts.maxOutputBytes,
-      signal: cancel,
-    });
+    let run;
+    try {
+      run = await slot.run({
+        argv: command.arguments,
+        env,
+        cwd: path.posix.join(rootInContainer, command.workingDirectory),
+        ...stdio,
+        timeoutMs,
+        maxOutputBytes: opts.maxOutputBytes,
+        signal: cancel,
+      });
+    } finally {
+      permit.release();
+    }
     meta.executionCompletedTimestamp = now();
 
     meta.outputUploadStartTimestamp = now();

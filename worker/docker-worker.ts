@@ -10,6 +10,7 @@ import { DEFAULT_MAX_ACTION_OUTPUT_BYTES } from '../cas/limits';
 import { OperationStore } from '../scheduler/operation-store';
 import { parseProperties } from '../scheduler/platform';
 import { ContentAccess } from './content-access';
+import { ExecuteSlots } from './execute-slots';
 import { FileCache } from './file-cache';
 import { ImageResolver } from './image-resolver';
 import { createProcessSandbox } from './sandbox/process-sandbox';
@@ -31,7 +32,13 @@ export const NO_IMAGE_IDS: ImageResolver = { resolve: async () => undefined };
 export interface WorkerSettings {
   /** The image for actions that name none. */
   defaultImage: string;
+  /** Actions executing at once. */
   concurrency: number;
+  /**
+   * Actions taken beyond those, whose inputs are staged while the others execute (default:
+   * half of concurrency, rounded up). Each holds a container, and its queue lease, meanwhile.
+   */
+  stageAhead?: number;
   /** An action whose stdout or stderr grows past this is killed (default DEFAULT_MAX_ACTION_OUTPUT_BYTES). */
   maxOutputBytes?: number;
   /** A fresh container per action instead of warm ones. */
@@ -65,8 +72,15 @@ export interface DockerWorker {
   drain(): Promise<void>;
 }
 
+/** Staged actions wait for a slot about as long as an action runs; this many cover bursts of finishes. */
+export function defaultStageAhead(concurrency: number): number {
+  return Math.ceil(concurrency / 2);
+}
+
 export async function startDockerWorker(opts: DockerWorkerOptions): Promise<DockerWorker> {
   const platform = parseProperties(opts.platform);
+  // Every action taken holds a container (or process slot) from staging to its last output.
+  const held = opts.concurrency + (opts.stageAhead ?? defaultStageAhead(opts.concurrency));
   const actionsDir = path.join(opts.workDir, 'actions');
   const cacheDir = path.join(opts.workDir, 'cache');
   // Traversable but not listable: an action cannot discover its neighbours' (random) directories.
@@ -79,11 +93,11 @@ export async function startDockerWorker(opts: DockerWorkerOptions): Promise<Dock
   // be writing into their action directories; then those directories can go.
   const sandbox: Sandbox =
     opts.sandbox === 'process'
-      ? await createProcessSandbox({ execRoot: actionsDir, image: opts.defaultImage, slots: opts.concurrency, firstUid: opts.actionUid ?? ACTION_UID, gid: ACTION_GID })
+      ? await createProcessSandbox({ execRoot: actionsDir, image: opts.defaultImage, slots: held, firstUid: opts.actionUid ?? ACTION_UID, gid: ACTION_GID })
       : await createDockerSandbox({
           execRoot: actionsDir,
           strict: opts.strict,
-          maxContainersPerImage: opts.concurrency,
+          maxContainersPerImage: held,
           user: `${ACTION_UID}:${ACTION_GID}`,
         });
   for (const name of await fs.readdir(actionsDir)) await fs.rm(path.join(actionsDir, name), { recursive: true, force: true });
@@ -103,9 +117,10 @@ export async function startDockerWorker(opts: DockerWorkerOptions): Promise<Dock
       maxOutputBytes: opts.maxOutputBytes ?? DEFAULT_MAX_ACTION_OUTPUT_BYTES,
       allowNetwork: opts.allowNetwork ?? false,
       images: opts.images,
+      executeSlots: new ExecuteSlots(opts.concurrency),
     },
     platform,
-    concurrency: opts.concurrency,
+    concurrency: held,
     queue: opts.queue,
     operations: opts.operations,
     results: opts.results,

@@ -7,6 +7,8 @@ import {
   ByteStreamService,
   CapabilitiesService,
   CasService,
+  ExecutionService,
+  OperationsService,
   createClient,
 } from '../../apis/services';
 
@@ -19,6 +21,23 @@ export function clientsFor(address: string) {
     bs: createClient(ByteStreamService, address, undefined, options),
     close() {
       for (const c of [this.caps, this.cas, this.ac, this.bs]) c.close();
+    },
+  };
+}
+
+/** clientsFor, plus Execution and Operations: a farm's clients. */
+export function farmClientsFor(address: string) {
+  const storage = clientsFor(address);
+  const exec = createClient(ExecutionService, address);
+  const ops = createClient(OperationsService, address);
+  return {
+    ...storage,
+    exec,
+    ops,
+    close() {
+      storage.close();
+      exec.close();
+      ops.close();
     },
   };
 }
