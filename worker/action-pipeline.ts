@@ -1,4 +1,5 @@
-// One action, start to finish, as visible stages: fetch inputs -> run -> upload outputs.
+// One action, start to finish, as visible stages: fetch inputs -> wait for one of the worker's
+// execute slots -> run -> upload outputs.
 // Every stage records its timestamps in ExecutedActionMetadata; whatever happens, the caller,
 // once it has reported the outcome, releases the container slot and the cache pins and removes
 // the action's directory if it needed one (PipelineRun).

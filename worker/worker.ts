@@ -1,6 +1,7 @@
 // The worker loop: take an action this worker's platform can run, run it through the pipeline,
-// record the outcome, repeat — up to `concurrency` actions at once. drain() stops taking work
-// and waits for what is running.
+// record the outcome, repeat — up to `concurrency` actions at once, staging, executing or
+// uploading (the pipeline's ExecuteSlots bound how many execute). drain() stops taking work and
+// waits for what is running.
 import { status } from '@grpc/grpc-js';
 import { rex } from '../apis';
 import { Digest, digestKey } from '../cas/digest';
@@ -22,6 +23,7 @@ export interface ActionResultSink {
 export interface WorkerOptions {
   pipeline: PipelineOptions;
   platform: PlatformProperty[];
+  /** Actions held at once, executing or not. */
   concurrency: number;
   queue: ActionQueue;
   operations: OperationStore;
