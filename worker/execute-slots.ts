@@ -12,7 +12,7 @@ export class ExecuteSlots {
   private free: number;
   private readonly waiting: { grant(): void }[] = [];
 
-  constructor(readonly size: number) {
+  constructor(size: number) {
     this.free = size;
   }
 
