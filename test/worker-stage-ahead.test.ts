@@ -104,4 +104,3 @@ test('an action cancelled while staged never executes, and the slot serves the n
 test('--stage-ahead takes 0 or a positive count', async () => {
   await assert.rejects(startServerProcess({ args: ['--worker', 'on', '--stage-ahead', 'two'] }), /--stage-ahead must be 0 or a positive integer, not "two"/);
 });
-

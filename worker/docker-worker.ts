@@ -10,9 +10,9 @@ import { DEFAULT_MAX_ACTION_OUTPUT_BYTES } from '../cas/limits';
 import { OperationStore } from '../scheduler/operation-store';
 import { parseProperties } from '../scheduler/platform';
 import { ContentAccess } from './content-access';
-import { ExecuteSlots } from './execute-slots';
 import { FileCache } from './file-cache';
 import { ImageResolver } from './image-resolver';
+import { limiter } from './limiter';
 import { createProcessSandbox } from './sandbox/process-sandbox';
 import { Sandbox, createDockerSandbox } from './sandbox/sandbox';
 import { ActionResultSink, Worker } from './worker';
@@ -120,7 +120,7 @@ export async function startDockerWorker(opts: DockerWorkerOptions): Promise<Dock
       maxOutputBytes: opts.maxOutputBytes ?? DEFAULT_MAX_ACTION_OUTPUT_BYTES,
       allowNetwork: opts.allowNetwork ?? false,
       images: opts.images,
-      executeSlots: new ExecuteSlots(opts.concurrency),
+      executeSlots: limiter(opts.concurrency),
     },
     platform,
     concurrency: held,

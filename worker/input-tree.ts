@@ -17,6 +17,7 @@ import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
 import { CheckedDirectory, checkDirectory, symlinkStaysInside } from './directory-rules';
 import { FileCache, PinnedFile } from './file-cache';
+import { limiter } from './limiter';
 import { paced } from './paced-fs';
 import { DIRECTORY_MODE, encodeFiles, PlannedFile, runTreeJob } from './tree-ops';
 import { processUmask } from './umask';
@@ -168,22 +169,6 @@ async function walkOutputParent(root: string, parent: string, uid: number | unde
       throw invalidArgument(`output parent ${path.relative(root, current)} is a file in the input root`);
     }
   }
-}
-
-/** Runs at most `n` of the given tasks at once. */
-export function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
-  let running = 0;
-  const waiting: (() => void)[] = [];
-  return async <T>(task: () => Promise<T>): Promise<T> => {
-    if (running >= n) await new Promise<void>((resolve) => waiting.push(resolve));
-    running++;
-    try {
-      return await task();
-    } finally {
-      running--;
-      waiting.shift()?.();
-    }
-  };
 }
 
 /** One file of the FileCache: content and mode. */

@@ -11,7 +11,7 @@ import { Digest, SHA256_EMPTY, digestKey, digestOf } from '../cas/digest';
 import { failedPrecondition } from '../server/rpc-error';
 import { checkRelativePath } from '../scheduler/action-loader';
 import { ContentAccess } from './content-access';
-import { limiter } from './input-tree';
+import { limiter } from './limiter';
 import { paced } from './paced-fs';
 
 const UPLOAD_CONCURRENCY = 16;

@@ -1,6 +1,6 @@
 // The worker loop: take an action this worker's platform can run, run it through the pipeline,
 // record the outcome, repeat — up to `concurrency` actions at once, staging, executing or
-// uploading (the pipeline's ExecuteSlots bound how many execute). drain() stops taking work and
+// uploading (the pipeline's executeSlots bound how many execute). drain() stops taking work and
 // waits for what is running.
 import { status } from '@grpc/grpc-js';
 import { rex } from '../apis';
