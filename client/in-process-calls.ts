@@ -42,6 +42,10 @@ export class InProcessCalls implements ReapiCalls {
     return data;
   }
 
+  holdActionMessages(messages: { digest: Digest; data: Buffer }[]): void {
+    for (const m of messages) this.farm.hold(m.digest, m.data);
+  }
+
   async execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined> {
     const execution = await this.farm.execution();
     if ('unavailable' in execution) throw new UnreachableError(execution.unavailable);

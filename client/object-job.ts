@@ -141,10 +141,10 @@ export class ObjectRunner {
       built ??= build();
       if (job.stop?.aborted) return ABANDONED;
       const upload = (b: BuiltAction) =>
-        this.executor.uploadMissing([
-          ...b.messages.map((m) => ({ digest: m.digest, read: async () => m.data })),
-          ...discovery.inputs.map((f) => ({ digest: f.digest, read: () => readBlobFile(path.join(job.root, f.path), f.digest.sizeBytes) })),
-        ]);
+        this.executor.uploadAction(
+          b.messages,
+          discovery.inputs.map((f) => ({ digest: f.digest, read: () => readBlobFile(path.join(job.root, f.path), f.digest.sizeBytes) })),
+        );
       await upload(built);
       let outcome = await this.executor.execute(built.actionDigest, job.stop);
       if (outcome.status.code === grpc.status.FAILED_PRECONDITION) {

@@ -53,6 +53,11 @@ export interface ReapiCalls {
    * an error or a CANCELLED status.
    */
   execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined>;
+  /**
+   * Only a farm in this process: keeps an action's own messages (Action, Command, Directories)
+   * in its memory until the action has run, rather than storing them as blobs.
+   */
+  holdActionMessages?(messages: { digest: Digest; data: Buffer }[]): void;
   close(): Promise<void>;
 }
 
@@ -121,6 +126,22 @@ export class RemoteExecutor {
       for (const key of unique.keys()) if (this.inFlight.get(key) === mine) this.inFlight.delete(key);
     }
     await Promise.all(others);
+  }
+
+  /**
+   * Makes an action's inputs and own messages (Action, Command, Directories) available to
+   * Execute. A farm in this process holds the messages, and need neither store them nor be asked
+   * which it lacks; any other farm gets them uploaded like the inputs, in the same calls.
+   */
+  async uploadAction(messages: { digest: Digest; data: Buffer }[], inputs: UploadableBlob[]): Promise<void> {
+    const asBlobs = () => messages.map((m) => ({ digest: m.digest, read: async () => m.data }));
+    if (!this.calls.holdActionMessages) return this.uploadMissing([...asBlobs(), ...inputs]);
+    try {
+      this.calls.holdActionMessages(messages);
+    } catch (err) {
+      throw new InfrastructureError(`holding the action's messages: ${(err as Error).message}`);
+    }
+    await this.uploadMissing(inputs);
   }
 
   private async upload(unique: Map<string, UploadableBlob>): Promise<void> {

@@ -5,8 +5,10 @@
 import * as path from 'node:path';
 import { ActionCacheService } from '../cas/action-cache-service';
 import { BlobStore } from '../cas/blob-store';
+import { Digest } from '../cas/digest';
 import { CasService } from '../cas/cas-service';
 import { FileStorage } from '../cas/file-storage';
+import { HeldBlobStorage } from '../cas/held-blobs';
 import { ExecutionService } from '../scheduler/execution-service';
 import { MemoryActionQueue } from '../scheduler/memory-action-queue';
 import { MemoryOperationStore } from '../scheduler/memory-operation-store';
@@ -32,6 +34,12 @@ export interface EmbeddedFarm {
   readonly blobs: BlobStore;
   readonly actionCache: ActionCacheService;
   /**
+   * Keeps an action's own message (Action, Command, Directory) in memory where the farm's
+   * execution finds it, instead of storing it durably: see HeldBlobStorage. Rejects a blob that
+   * does not match its digest, with INVALID_ARGUMENT.
+   */
+  hold(digest: Digest, data: Uint8Array): void;
+  /**
    * Execution, with the worker started on first use (a build served from the cache starts no
    * container); when Docker does not answer, the reason no action can run.
    */
@@ -43,7 +51,7 @@ export interface EmbeddedFarm {
 }
 
 export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<EmbeddedFarm> {
-  const storage = await FileStorage.open(opts.dataDir);
+  const storage = new HeldBlobStorage(await FileStorage.open(opts.dataDir));
   const images = new DockerImageResolver();
   const resolveImage = (name: string) => images.resolve(name);
   const actionCache = new ActionCacheService(storage, { allowClientUpdates: true, resolveImage });
@@ -73,6 +81,7 @@ export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<Embed
     cas: new CasService(storage),
     blobs: storage.cas(''),
     actionCache,
+    hold: (digest, data) => storage.hold('', digest, data),
     async execution() {
       const s = await (started ??= start());
       return 'unavailable' in s ? s : s.execution;

@@ -67,6 +67,14 @@ function stats(tree: string): Record<string, number> {
   return { hits: num('Hits'), remoteRuns: num('Remote runs'), localFallbacks: num('Local fallbacks') };
 }
 
+/** What reapi-cc recorded about each object's last action. */
+function manifests(): { actionDigest: string; actionSize: number }[] {
+  const dir = path.join(stateDir, 'manifests');
+  return fs.readdirSync(dir).flatMap((shard) =>
+    fs.readdirSync(path.join(dir, shard)).map((f) => JSON.parse(fs.readFileSync(path.join(dir, shard, f), 'utf8'))),
+  );
+}
+
 function poolContainers(): string[] {
   const out = spawnSync('docker', ['ps', '-aq', '--filter', 'label=reapi.pool'], { encoding: 'utf8' }).stdout;
   return out.split('\n').filter(Boolean);
@@ -87,6 +95,14 @@ test('with no server named, reapi-cc make runs every object in a farm of its own
   assert.deepEqual(sums(trees[0]), plain[0]);
   assert.deepEqual(stats(trees[0]), { hits: 0, remoteRuns: 5, localFallbacks: 0 });
   assert.ok(fs.existsSync(path.join(stateDir, 'farm', 'workers', '0')), 'the farm keeps its data in the state directory');
+  // The actions' own messages were held in memory while they ran, not stored; their results were.
+  const store = path.join(stateDir, 'farm', 'instances', '_');
+  const actions = manifests().map((m) => ({ hash: m.actionDigest, sizeBytes: m.actionSize }));
+  assert.equal(actions.length, 5);
+  for (const a of actions) {
+    assert.ok(fs.existsSync(path.join(store, 'ac', a.hash.slice(0, 2), `${a.hash}-${a.sizeBytes}`)), `a cached result for action ${a.hash}`);
+    assert.equal(fs.existsSync(path.join(store, 'cas', a.hash.slice(0, 2), a.hash)), false, `no stored Action ${a.hash}`);
+  }
   assert.equal(poolContainers().length, containersBefore, 'the worker removed its containers when reapi-cc ended');
   assert.deepEqual(fs.readdirSync(path.join(stateDir, 'farm', 'workers')), ['0'], 'and released its worker directory');
 });
