@@ -42,8 +42,8 @@ export class InProcessCalls implements ReapiCalls {
     return data;
   }
 
-  holdActionMessages(messages: { digest: Digest; data: Buffer }[]): void {
-    for (const m of messages) this.farm.hold(m.digest, m.data);
+  holdActionMessages(messages: { digest: Digest; data: Buffer }[]): () => void {
+    return this.farm.hold(messages);
   }
 
   async execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined> {

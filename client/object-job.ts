@@ -126,6 +126,8 @@ export class ObjectRunner {
 
     const started = Date.now();
     const saved = (r: Result) => (this.counters.timeSavedMs += Math.max(0, executionMs(r) - (Date.now() - started)));
+    /** Ends what a farm in this process holds for the action, once it has run. */
+    const releases: (() => void)[] = [];
     try {
       // A lookup of its own pays when a hit is likely: the last build of this object had this
       // very key (a rebuild after `make clean`). Otherwise Execute looks in the cache itself,
@@ -140,11 +142,10 @@ export class ObjectRunner {
       }
       built ??= build();
       if (job.stop?.aborted) return ABANDONED;
-      const upload = (b: BuiltAction) =>
-        this.executor.uploadAction(
-          b.messages,
-          discovery.inputs.map((f) => ({ digest: f.digest, read: () => readBlobFile(path.join(job.root, f.path), f.digest.sizeBytes) })),
-        );
+      const upload = async (b: BuiltAction) => {
+        const inputs = discovery.inputs.map((f) => ({ digest: f.digest, read: () => readBlobFile(path.join(job.root, f.path), f.digest.sizeBytes) }));
+        releases.push(await this.executor.uploadAction(b.messages, inputs));
+      };
       await upload(built);
       let outcome = await this.executor.execute(built.actionDigest, job.stop);
       if (outcome.status.code === grpc.status.FAILED_PRECONDITION) {
@@ -189,6 +190,8 @@ export class ObjectRunner {
         this.warn(`reapi-cc: warning: remote run of ${object} failed (${err.message}); building it locally`);
       }
       return this.local();
+    } finally {
+      for (const release of releases) release();
     }
   }
 

@@ -55,9 +55,9 @@ export interface ReapiCalls {
   execute(actionDigest: Digest, stop?: AbortSignal): Promise<rex.ExecuteResponse | undefined>;
   /**
    * Only a farm in this process: keeps an action's own messages (Action, Command, Directories)
-   * in its memory until the action has run, rather than storing them as blobs.
+   * in its memory, rather than storing them as blobs, until the returned release.
    */
-  holdActionMessages?(messages: { digest: Digest; data: Buffer }[]): void;
+  holdActionMessages?(messages: { digest: Digest; data: Buffer }[]): () => void;
   close(): Promise<void>;
 }
 
@@ -131,17 +131,27 @@ export class RemoteExecutor {
   /**
    * Makes an action's inputs and own messages (Action, Command, Directories) available to
    * Execute. A farm in this process holds the messages, and need neither store them nor be asked
-   * which it lacks; any other farm gets them uploaded like the inputs, in the same calls.
+   * which it lacks, until the returned release (call it once the action has run); any other farm
+   * gets them uploaded like the inputs, in the same calls.
    */
-  async uploadAction(messages: { digest: Digest; data: Buffer }[], inputs: UploadableBlob[]): Promise<void> {
-    const asBlobs = () => messages.map((m) => ({ digest: m.digest, read: async () => m.data }));
-    if (!this.calls.holdActionMessages) return this.uploadMissing([...asBlobs(), ...inputs]);
+  async uploadAction(messages: { digest: Digest; data: Buffer }[], inputs: UploadableBlob[]): Promise<() => void> {
+    if (!this.calls.holdActionMessages) {
+      await this.uploadMissing([...messages.map((m) => ({ digest: m.digest, read: async () => m.data })), ...inputs]);
+      return () => undefined;
+    }
+    let release: () => void;
     try {
-      this.calls.holdActionMessages(messages);
+      release = this.calls.holdActionMessages(messages);
     } catch (err) {
       throw new InfrastructureError(`holding the action's messages: ${(err as Error).message}`);
     }
-    await this.uploadMissing(inputs);
+    try {
+      await this.uploadMissing(inputs);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    return release;
   }
 
   private async upload(unique: Map<string, UploadableBlob>): Promise<void> {

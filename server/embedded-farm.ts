@@ -8,7 +8,7 @@ import { BlobStore } from '../cas/blob-store';
 import { Digest } from '../cas/digest';
 import { CasService } from '../cas/cas-service';
 import { FileStorage } from '../cas/file-storage';
-import { HeldBlobStorage } from '../cas/held-blobs';
+import { HeldBlobStorage, Release } from '../cas/held-blobs';
 import { ExecutionService } from '../scheduler/execution-service';
 import { MemoryActionQueue } from '../scheduler/memory-action-queue';
 import { MemoryOperationStore } from '../scheduler/memory-operation-store';
@@ -34,11 +34,11 @@ export interface EmbeddedFarm {
   readonly blobs: BlobStore;
   readonly actionCache: ActionCacheService;
   /**
-   * Keeps an action's own message (Action, Command, Directory) in memory where the farm's
-   * execution finds it, instead of storing it durably: see HeldBlobStorage. Rejects a blob that
-   * does not match its digest, with INVALID_ARGUMENT.
+   * Keeps an action's own messages (Action, Command, Directories) in memory where the farm's
+   * execution finds them, instead of storing them, until the returned release: see
+   * HeldBlobStorage. Rejects a blob that does not match its digest, with INVALID_ARGUMENT.
    */
-  hold(digest: Digest, data: Uint8Array): void;
+  hold(messages: { digest: Digest; data: Uint8Array }[]): Release;
   /**
    * Execution, with the worker started on first use (a build served from the cache starts no
    * container); when Docker does not answer, the reason no action can run.
@@ -81,7 +81,7 @@ export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<Embed
     cas: new CasService(storage),
     blobs: storage.cas(''),
     actionCache,
-    hold: (digest, data) => storage.hold('', digest, data),
+    hold: (messages) => storage.hold('', messages),
     async execution() {
       const s = await (started ??= start());
       return 'unavailable' in s ? s : s.execution;

@@ -1,5 +1,6 @@
 // Blobs held in memory in front of the file store (the embedded farm's action messages): served
-// like stored blobs, never written to disk, verified, and bounded, oldest hold dropped first.
+// like stored blobs, never written to disk, verified, kept while held, and once released kept
+// only up to a budget, least recently held dropped first.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -23,7 +24,7 @@ test('a held blob is read, streamed and found like a stored one, and never reach
   const { dir, durable, held } = await open();
   const message = blob('an action message');
   const stored = blob('an input file');
-  held.hold('', message.digest, message.data);
+  held.hold('', [message]);
   await held.cas('').put(stored.digest, stored.data);
 
   const cas = held.cas('');
@@ -38,33 +39,43 @@ test('a held blob is read, streamed and found like a stored one, and never reach
   assert.deepEqual(await held.cas('other').findMissing([message.digest]), [message.digest], 'instance names stay namespaces');
 });
 
-test('bytes that do not match the digest are refused with INVALID_ARGUMENT, and nothing is held', async () => {
+test('bytes that do not match the digest are refused with INVALID_ARGUMENT, and nothing of that hold is kept', async () => {
   const { held } = await open();
+  const good = blob('a good message');
   const claimed = blob('what the digest names');
-  assert.throws(() => held.hold('', claimed.digest, Buffer.from('something else')), (err: { code?: number; message: string }) => {
+  assert.throws(() => held.hold('', [good, { digest: claimed.digest, data: Buffer.from('something else') }]), (err: { code?: number; message: string }) => {
     assert.equal(err.code, status.INVALID_ARGUMENT);
     assert.match(err.message, new RegExp(claimed.digest.hash));
     return true;
   });
-  assert.equal(await held.cas('').read(claimed.digest), undefined);
+  assert.deepEqual(await held.cas('').findMissing([good.digest, claimed.digest]), [good.digest, claimed.digest]);
 });
 
-test('past the byte budget the oldest hold goes first; holding a blob again makes it the newest', async () => {
+test('a held blob stays whatever the budget; released ones go past it, least recently held first', async () => {
   const { held } = await open(30);
-  const [a, b, c] = ['first blob (10)', 'second blob ..', 'third blob ...'].map(blob);
-  held.hold('', a.digest, a.data);
-  held.hold('', b.digest, b.data);
-  held.hold('', a.digest, a.data); // a is now newer than b
-  held.hold('', c.digest, c.data); // 15 + 14 + 14 > 30: the oldest, b, goes
-  assert.deepEqual(await held.cas('').findMissing([a.digest, b.digest, c.digest]), [b.digest]);
-  assert.equal((await held.cas('').read(a.digest))?.toString(), 'first blob (10)');
+  const [a, b, c, d] = ['first blob (15)', 'second blob ..', 'third blob ...', 'fourth blob ..'].map(blob);
+  const missing = () => held.cas('').findMissing([a, b, c, d].map((x) => x.digest));
+  const releaseAB = held.hold('', [a, b]);
+  const releaseCD = held.hold('', [c, d]); // 57 bytes, over the budget, but all still held
+  assert.deepEqual(await missing(), []);
+  const releaseA = held.hold('', [a]); // a is now more recent than b
+  releaseAB();
+  // Released: b only (a is held again); 57 > 30 but c and d are held: b goes, nothing else can.
+  assert.deepEqual(await missing(), [b.digest]);
+  releaseCD();
+  // a (15, held), c, d (14 each, released): the least recently held of c and d goes, then 29 <= 30.
+  assert.deepEqual(await missing(), [b.digest, c.digest]);
+  releaseA();
+  releaseA(); // a second call changes nothing
+  assert.deepEqual(await missing(), [b.digest, c.digest]);
+  assert.equal((await held.cas('').read(a.digest))?.toString(), 'first blob (15)');
 });
 
 test('a held copy does not change when the caller reuses its buffer', async () => {
   const { held } = await open();
   const original = blob('bytes the caller will overwrite');
   const reused = Buffer.from(original.data);
-  held.hold('', original.digest, reused);
+  held.hold('', [{ digest: original.digest, data: reused }]);
   reused.fill(0);
   assert.equal((await held.cas('').read(original.digest))?.toString(), 'bytes the caller will overwrite');
 });
