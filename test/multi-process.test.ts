@@ -14,6 +14,7 @@ import { FIND_MISSING_CHUNK, RemoteContentAccess } from '../worker/remote-conten
 import { ServerClients, connectToServer } from '../worker/server-connection';
 import { clientsFor, readAll } from './helpers/clients';
 import { ActionSpec, BuiltAction, DecodedOperation, buildAction, collect, decodeOperation, execute, executeToEnd } from './helpers/actions';
+import { freePort } from './helpers/ports';
 import { TestRedis, startRedis } from './helpers/redis';
 import { ServerProcess, WorkerProcess, startServerProcess, startWorkerProcess, tempDir } from './helpers/server-process';
 
@@ -126,6 +127,28 @@ test('RemoteContentAccess moves small and large blobs both ways and verifies the
   await fs.writeFile(changed, randomBytes(6 * 1024 * 1024));
   await assert.rejects(access.uploadFile('', claimed, changed), (err: Error) => err.message.includes(changed));
   assert.deepEqual(await access.findMissing('', [claimed]), [claimed], 'nothing was committed under the claimed digest');
+});
+
+test('RemoteContentAccess waits out a restart of its server instead of failing the call', async () => {
+  const port = await freePort();
+  const dataDir = tempDir('restarting-server');
+  const start = () => startServerProcess({ dataDir, args: ['--worker', 'off', '--listen', `127.0.0.1:${port}`] });
+  let server = await start();
+  const connection = connectToServer(`grpc://${server.address}`);
+  try {
+    const patient = new RemoteContentAccess(connection);
+    const blob = Buffer.from('read across a server restart\n');
+    await patient.uploadBlob('', digestOf(blob), blob);
+    await server.kill();
+    const reading = patient.read('', digestOf(blob));
+    // Down for longer than the channel's own retries last (backoffs of at most 0.2+0.4+0.8+1.6 s).
+    await new Promise((r) => setTimeout(r, 4000));
+    server = await start();
+    assert.deepEqual(await reading, blob);
+  } finally {
+    connection.close();
+    await server.stop();
+  }
 });
 
 test('an action executed through server 1 has its outputs readable through server 2', async () => {
