@@ -7,7 +7,7 @@ import { rex } from '../apis';
 import { unary } from '../apis/services';
 import { Digest, digestKey } from '../cas/digest';
 import { RpcError } from '../server/rpc-error';
-import { ServerClients } from './server-connection';
+import { ServerClients, untilReachable } from './server-connection';
 import { ActionResultSink } from './worker';
 
 export class RemoteActionCache implements ActionResultSink {
@@ -15,7 +15,7 @@ export class RemoteActionCache implements ActionResultSink {
 
   async store(instanceName: string, actionDigest: Digest, result: rex.ActionResult): Promise<void> {
     try {
-      await unary(this.server.ac, 'UpdateActionResult', { instanceName, actionDigest, actionResult: result });
+      await untilReachable(this.server, 'UpdateActionResult', () => unary(this.server.ac, 'UpdateActionResult', { instanceName, actionDigest, actionResult: result }));
     } catch (err) {
       const e = err as Partial<{ code: number; details: string; message: string }>;
       throw new RpcError(e.code ?? status.INTERNAL, `UpdateActionResult of action ${digestKey(actionDigest)} on ${this.server.address}: ${e.details ?? e.message}${hint(e.code)}`);

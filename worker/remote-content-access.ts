@@ -13,9 +13,8 @@ import { bytestream } from '../apis';
 import { Digest, digestKey, isEmptyDigest } from '../cas/digest';
 import { readResourceName, writeResourceName } from '../cas/resource-name';
 import { RpcError } from '../server/rpc-error';
-import { log } from '../server/log';
 import { ContentAccess } from './content-access';
-import { ServerClients } from './server-connection';
+import { ServerClients, untilReachable } from './server-connection';
 
 /** ByteStream Write chunk: far below any message limit, large enough to keep the pipe full. */
 export const UPLOAD_CHUNK_BYTES = 1024 * 1024;
@@ -27,12 +26,6 @@ const FIND_MISSING_PARALLEL = 4;
 const DEFAULT_BATCH_BYTES = 4 * 1024 * 1024;
 /** A read broken mid-stream resumes from where it stopped this many times before giving up. */
 const READ_RESUMPTIONS = 3;
-/**
- * How long a unary call keeps trying while the server is unreachable (UNAVAILABLE after the
- * channel's own few quick retries, which span a second or two): a server restarting should delay
- * the actions of its workers, not fail them back to their clients.
- */
-const UNAVAILABLE_PATIENCE_MS = 30_000;
 
 export class RemoteContentAccess implements ContentAccess {
   private batchBytes?: Promise<number>;
@@ -220,21 +213,12 @@ export class RemoteContentAccess implements ContentAccess {
     });
   }
 
-  /**
-   * Runs a unary call (all of them idempotent), again while the server stays unreachable for up
-   * to UNAVAILABLE_PATIENCE_MS; a failure becomes an RpcError that names what was attempted.
-   */
+  /** Runs a unary call (untilReachable), turning its failure into an RpcError that names what was attempted. */
   private async call<T>(what: string, run: () => Promise<T>): Promise<T> {
-    const giveUpAt = Date.now() + UNAVAILABLE_PATIENCE_MS;
-    for (let pause = 500; ; pause = Math.min(pause * 2, 4000)) {
-      try {
-        return await run();
-      } catch (err) {
-        const failure = asRpcError(err, `${what} on ${this.server.address}`);
-        if (failure.code !== grpc.status.UNAVAILABLE || Date.now() + pause > giveUpAt) throw failure;
-        log.warn('server unreachable; trying again', { server: this.server.address, call: what, inMs: pause });
-        await new Promise((r) => setTimeout(r, pause));
-      }
+    try {
+      return await untilReachable(this.server, what, run);
+    } catch (err) {
+      throw asRpcError(err, `${what} on ${this.server.address}`);
     }
   }
 }

@@ -12,6 +12,7 @@ import {
   CasService,
   createClient,
 } from '../apis/services';
+import { log } from '../server/log';
 import { ClientTlsFiles, channelCredentials } from '../server/tls';
 
 export interface ServerClients {
@@ -30,7 +31,9 @@ const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 /**
  * A server restarting or a connection dropping mid-build should cost a retry, not an action:
  * every call that failed with UNAVAILABLE before any response arrived is retried a few times.
- * All the calls a worker makes are idempotent (content-addressed writes, cache updates).
+ * All the calls a worker makes are idempotent (content-addressed writes, cache updates). Those
+ * retries span at most 3 s (jittered backoffs of up to 0.2+0.4+0.8+1.6 s; grpc-js allows no more
+ * than 5 attempts); untilReachable waits out a whole restart.
  */
 const SERVICE_CONFIG = JSON.stringify({
   methodConfig: [
@@ -110,4 +113,26 @@ export function bearerToken(token: string): grpc.Interceptor {
         next(metadata, listener);
       },
     });
+}
+
+/** How long a worker's unary call keeps trying while its server is unreachable. */
+const UNAVAILABLE_PATIENCE_MS = 30_000;
+
+/**
+ * Runs a unary call to the server, again with growing pauses while it fails UNAVAILABLE (after
+ * the channel's own retries), for up to UNAVAILABLE_PATIENCE_MS: a server restarting delays its
+ * workers' actions instead of failing them back to their clients, or leaving their results
+ * uncached. Other failures, and the last UNAVAILABLE, are thrown as they came.
+ */
+export async function untilReachable<T>(server: ServerClients, what: string, run: () => Promise<T>): Promise<T> {
+  const giveUpAt = Date.now() + UNAVAILABLE_PATIENCE_MS;
+  for (let pause = 500; ; pause = Math.min(pause * 2, 4000)) {
+    try {
+      return await run();
+    } catch (err) {
+      if ((err as { code?: number }).code !== grpc.status.UNAVAILABLE || Date.now() + pause > giveUpAt) throw err;
+      log.warn('server unreachable; trying again', { server: server.address, call: what, inMs: pause });
+      await new Promise((r) => setTimeout(r, pause));
+    }
+  }
 }
