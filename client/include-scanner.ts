@@ -61,7 +61,7 @@ interface Directive extends HeaderDirective {
 
 type HeaderDirective = HeaderName & {
   next?: boolean;
-  /** Where it led, by search path: the shared resolution, checked once per scan for all its users. */
+  /** Where it led, by search path: the shared resolution, checked once per generation for all its users. */
   resolved?: Map<number, Resolution>;
 };
 
@@ -69,21 +69,27 @@ function directive(name: string, quoted: boolean, next: boolean, computed: strin
   return { name, quoted, next, computed, gates, resolved: undefined };
 }
 
+/**
+ * Like Directive, ParsedFile, Listing and ScanContext objects get every field when made: fields
+ * added later give V8 new object shapes, and each new one met threw away the optimized walk (a
+ * cold kernel build compiled it six times).
+ */
 interface ParsedFile {
   stamp: string;
   checkedIn: number;
   directives: Directive[] | { unsure: string };
   /** Names the file #defines or #undefs anywhere: not fixed for a compile that reads it. */
   defines: string[];
-  definitions?: Map<string, MacroDefinition[]>;
+  /** Read when first asked for (definitionsOf). */
+  definitions: Map<string, MacroDefinition[]> | undefined;
 }
 
 interface Listing {
-  dir?: string;
+  dir: string;
   stamp: string;
   checkedIn: number;
   /** Entries that may be files: regular files, and symlinks or untyped names to stat; undefined: no such directory. */
-  entries?: Map<string, 'file' | 'other'>;
+  entries: Map<string, 'file' | 'other'> | undefined;
 }
 
 /** Where one include name led along one search list, and the listings that decided it. */
@@ -93,7 +99,7 @@ interface Resolution {
   files: string[];
   /** The first of `files`: what a plain #include opens. */
   first: string[];
-  /** The scan that last found the listings unchanged. */
+  /** The generation that last found the listings unchanged. */
   checkedIn: number;
   /** A listing changed since: never valid again (stamps do not come back). */
   stale: boolean;
@@ -106,7 +112,7 @@ interface ScanContext {
   search: SearchPath;
   computedFiles: Map<string, Set<string>>;
   /** Set for the second walk: directives in branches these rule out are not followed. */
-  facts?: MacroFacts;
+  facts: MacroFacts | undefined;
 }
 
 /** Options that decide where the compiler looks for headers: asked of the compiler with them. */
@@ -133,8 +139,13 @@ export class IncludeScanner {
   private readonly predefined = new Map<string, Promise<Map<string, MacroFact> | undefined>>();
   /** Which files (as last parsed) #define or #undef each name. */
   private readonly definers = new Map<string, Set<string>>();
-  /** Each scan checks each cached file and directory against the disk once. */
+  /**
+   * Cached files and directories are checked against the disk once per generation. A scan
+   * starts a new one unless its job reached the session before the current one began (see
+   * scan()); the digests the checks learnt are kept per generation.
+   */
   private generation = 0;
+  private generationStart = -Infinity;
   private digestsSeen = new Map<string, FileDigest>();
 
   /**
@@ -143,15 +154,24 @@ export class IncludeScanner {
    */
   constructor(private readonly digests?: DigestCache) {}
 
-  async scan(compile: CompileCommand, cwd: string, env: NodeJS.ProcessEnv): Promise<ScanResult> {
+  /**
+   * `receivedAt` (performance.now()) is when the job's recipe was known to have started: every
+   * change it depends on came before. Checks made after it are then as good as new ones, so
+   * jobs that were waiting together share one round of checks. Without it, every check is made
+   * again.
+   */
+  async scan(compile: CompileCommand, cwd: string, env: NodeJS.ProcessEnv, receivedAt?: number): Promise<ScanResult> {
     const args = compile.argv.slice(1);
     const unmodelled = args.find((a) => UNMODELLED.test(a));
     if (unmodelled) return { complete: false, reason: `${unmodelled} is not modelled` };
     const [search, predefined] = await Promise.all([this.searchPathFor(compile, cwd, env), this.predefinedFor(compile, cwd, env)]);
     if ('unsure' in search) return { complete: false, reason: search.unsure };
 
-    this.generation++;
-    this.digestsSeen = new Map();
+    if (receivedAt === undefined || this.generationStart <= receivedAt) {
+      this.generation++;
+      this.generationStart = performance.now();
+      this.digestsSeen = new Map();
+    }
     // The first walk follows every directive: the files any branch may read. Their #defines
     // decide which macros are fixed; the second walk then leaves out what those rule out.
     const roots = [path.resolve(cwd, compile.source)];
@@ -167,7 +187,7 @@ export class IncludeScanner {
     if (!args.includes('-nostdinc')) roots.push(...this.matches(`b${search.id}\0stdc-predef.h`, 'stdc-predef.h', () => search.bracket).slice(0, 1));
     // Computed includes wait until every file is found: their macros may be defined anywhere.
     const computed = new Map<string, { file: string; expression: string }>();
-    const ctx: ScanContext = { search, computedFiles: new Map() };
+    const ctx: ScanContext = { search, computedFiles: new Map(), facts: undefined };
     const found = new Set<string>();
     for (let next = roots; next.length > 0; ) {
       const walked = this.walk(next, ctx, found, computed);
@@ -183,7 +203,10 @@ export class IncludeScanner {
         // remotely and runs again with the preprocessor's list.
         const files = ctx.computedFiles.get(key) ?? new Set<string>();
         ctx.computedFiles.set(key, files);
-        for (const name of names) for (const f of this.resolveHeader(search, path.dirname(file), name)) files.add(f);
+        // As directives: resolveHeader() then sees one object shape, whichever caller it has.
+        for (const { name, quoted } of names) {
+          for (const f of this.resolveHeader(search, path.dirname(file), directive(name, quoted, false, undefined, undefined))) files.add(f);
+        }
         // Files found just now may define the macros differently: once more until nothing is new.
         for (const f of files) if (!found.has(f)) next.push(f);
       }
@@ -324,7 +347,7 @@ export class IncludeScanner {
     return r;
   }
 
-  /** Whether a remembered resolution still holds: checked against its directories once per scan. */
+  /** Whether a remembered resolution still holds: checked against its directories once per generation. */
   private current(r: Resolution): boolean {
     if (r.stale) return false;
     if (r.checkedIn === this.generation) return true;
@@ -338,23 +361,22 @@ export class IncludeScanner {
     return true;
   }
 
-  /** A directory's cached listing, checked against the disk once per scan. */
+  /** A directory's cached listing, checked against the disk once per generation. */
   private listing(dir: string): Listing {
     let listing = this.listings.get(dir);
     if (!listing) {
-      listing = { stamp: '', checkedIn: -1 };
+      listing = { dir, stamp: '', checkedIn: -1, entries: undefined };
       this.listings.set(dir, listing);
     }
-    this.fresh(listing, dir);
+    this.fresh(listing);
     return listing;
   }
 
-  /** Brings a listing up to date (a stat per scan, a readdir when the directory changed); its stamp. */
-  private fresh(listing: Listing, dir?: string): string {
+  /** Brings a listing up to date (a stat per generation, a readdir when the directory changed); its stamp. */
+  private fresh(listing: Listing): string {
     if (listing.checkedIn === this.generation) return listing.stamp;
     listing.checkedIn = this.generation;
-    dir ??= listing.dir!;
-    listing.dir = dir;
+    const dir = listing.dir;
     const stamp = stampOf(dir);
     if (stamp === listing.stamp) return stamp;
     listing.stamp = stamp;
@@ -379,7 +401,8 @@ export class IncludeScanner {
     if (parsed && digest && parsed.stamp !== stamp && !parsed.stamp.startsWith('sha256:') && stampOf(file) === parsed.stamp) parsed.stamp = stamp;
     if (!parsed || parsed.stamp !== stamp) {
       for (const name of parsed?.defines ?? []) this.definers.get(name)?.delete(file);
-      parsed = { stamp, checkedIn: this.generation, ...parseFile(file) };
+      const { directives, defines } = parseFile(file);
+      parsed = { stamp, checkedIn: this.generation, directives, defines, definitions: undefined };
       this.files.set(file, parsed);
       for (const name of parsed.defines) {
         const files = this.definers.get(name);

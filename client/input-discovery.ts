@@ -29,6 +29,8 @@ export interface DiscoveryRequest {
   /** Without it, or when `preprocess` is set, headers come from the preprocessor. */
   scanner?: IncludeScanner;
   preprocess?: boolean;
+  /** See ObjectJob.receivedAt: the scanner may reuse checks made since. */
+  receivedAt?: number;
 }
 
 /** Where the header list came from: the last build's record, the include scanner, or `gcc -M`. */
@@ -115,7 +117,7 @@ async function readFiles(
   req: DiscoveryRequest,
 ): Promise<{ ok: true; files: string[]; headers: HeaderSource; digests?: Map<string, FileDigest> } | { ok: false; reason: string }> {
   if (req.scanner && !req.preprocess) {
-    const scanned = await req.scanner.scan(req.compile, req.cwd, req.env);
+    const scanned = await req.scanner.scan(req.compile, req.cwd, req.env, req.receivedAt);
     if (scanned.complete) return { ok: true, files: scanned.files, headers: 'scanned', digests: scanned.digests };
   }
   const scan = await runDependencyScan(req.compile.dependencyScanArgv, req.cwd, req.env);

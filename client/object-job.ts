@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { readBlobFile } from '../cas/file-range';
 import { BuiltAction, buildAction, InputFile } from './action-builder';
+import { BacklogGate } from './backlog-gate';
 import { CompileCommand } from './compile-args';
 import { ClientConfig, actionEnvironment, farmName } from './config';
 import { DigestCache } from './digest-cache';
@@ -31,6 +32,12 @@ export interface ObjectJob {
   env: NodeJS.ProcessEnv;
   /** Aborts when nobody waits for the object any more (make was interrupted): the job stops early. */
   stop?: AbortSignal;
+  /**
+   * When the session read the request (performance.now()). make starts a recipe only once the
+   * recipes it depends on have ended, so every change to a file this job depends on came before:
+   * a check of that file made since then is as good as one made now.
+   */
+  receivedAt?: number;
 }
 
 export type JobOutcome =
@@ -52,11 +59,14 @@ export class ObjectRunner {
     private readonly counters: Counters,
     private readonly warn: (line: string) => void,
     private readonly scanner?: IncludeScanner,
+    private readonly gate = new BacklogGate(Infinity),
   ) {}
 
   async run(job: ObjectJob): Promise<JobOutcome> {
     if (job.stop?.aborted) return ABANDONED;
     if (this.serverDown) return this.local();
+    await this.gate.turn();
+    if (job.stop?.aborted) return ABANDONED;
     const placed = placeAction(job);
     if (!placed) return { kind: 'local' };
     const { workingDirectory, outputs } = placed;
@@ -101,6 +111,7 @@ export class ObjectRunner {
       recordedIncbin: manifest?.incbin,
       scanner: this.scanner,
       preprocess,
+      receivedAt: job.receivedAt,
     });
     if (!discovery.ok) return { kind: 'local' }; // e.g. a missing header: the local run prints the real error
 
@@ -147,12 +158,13 @@ export class ObjectRunner {
         releases.push(await this.executor.uploadAction(b.messages, inputs));
       };
       await upload(built);
-      let outcome = await this.executor.execute(built.actionDigest, job.stop);
+      const { actionDigest: runDigest } = built;
+      let outcome = await this.gate.executing(() => this.executor.execute(runDigest, job.stop));
       if (outcome.status.code === grpc.status.FAILED_PRECONDITION) {
         // An input we believed the server had is gone (evicted): ask about every blob again.
         this.executor.forgetPresent();
         await upload(built);
-        outcome = await this.executor.execute(built.actionDigest, job.stop);
+        outcome = await this.gate.executing(() => this.executor.execute(runDigest, job.stop));
       }
       if (outcome.status.code !== 0 || !outcome.result) {
         throw new InfrastructureError(`the server could not run it: ${outcome.status.message || 'no result'}`);

@@ -92,9 +92,13 @@ async function openRunner(config: ClientConfig) {
   const { emptyCounters, recordCounters } = require('./stats') as typeof import('./stats');
   const executor = new RemoteExecutor(await connect(config));
   const digests = await DigestCache.open(path.join(config.stateDir, 'digests.json'));
+  const { BacklogGate } = require('./backlog-gate') as typeof import('./backlog-gate');
   const counters = emptyCounters();
+  // The embedded farm's worker takes half as many actions again as it has slots; twice as many
+  // in flight keep it busy. A server's capacity is not known here: its jobs are never held.
+  const gate = new BacklogGate(embeddedDataDir(config) === undefined ? Infinity : 2 * config.workerSlots);
   const runner = new ObjectRunner(
-    config, executor, digests, new ManifestStore(config.stateDir), counters, (line) => process.stderr.write(line + '\n'), new IncludeScanner(digests),
+    config, executor, digests, new ManifestStore(config.stateDir), counters, (line) => process.stderr.write(line + '\n'), new IncludeScanner(digests), gate,
   );
   return {
     runner,

@@ -51,6 +51,8 @@ export class MakeSession {
     session.socket = socket;
     let pending = '';
     socket.on('data', (chunk: Buffer) => {
+      // Every request in this chunk was written before now: see ObjectJob.receivedAt.
+      const receivedAt = performance.now();
       pending += chunk.toString();
       let nl: number;
       while ((nl = pending.indexOf('\n')) >= 0) {
@@ -58,7 +60,7 @@ export class MakeSession {
         pending = pending.slice(nl + 1);
         const space = line.indexOf(' ');
         if (space <= 0) continue;
-        const task = session.serve(line.slice(0, space), line.slice(space + 1)).finally(() => session.inFlight.delete(task));
+        const task = session.serve(line.slice(0, space), line.slice(space + 1), receivedAt).finally(() => session.inFlight.delete(task));
         session.inFlight.add(task);
       }
     });
@@ -78,7 +80,7 @@ export class MakeSession {
     await fs.rm(this.dir, { recursive: true, force: true });
   }
 
-  private async serve(pid: string, cwd: string): Promise<void> {
+  private async serve(pid: string, cwd: string, receivedAt: number): Promise<void> {
     if (!/^\d+$/.test(pid)) return;
     const base = path.join(this.dir, pid);
     let verdict = 'local';
@@ -99,6 +101,7 @@ export class MakeSession {
           candidates: recipe.candidateInputs,
           env: parseEnv(envText),
           stop: this.makeGone.signal,
+          receivedAt,
         });
         if (outcome.kind === 'replay') {
           if (outcome.stdout.length) writeFileSync(`${base}.1`, outcome.stdout);

@@ -198,6 +198,27 @@ test('a later scan sees a header that gained an include, and a new file earlier 
   assert.ok((await scanFiles(scanner, 'src/a.c')).includes(path.join(tree, 'inc1/lib/more.h')));
 });
 
+test('jobs that arrived before a round of checks began share it; a job that arrived after a change sees the change', async () => {
+  const scanner = new IncludeScanner();
+  write('src/shared.c', '#include "shared.h"\n');
+  write('src/shared.h', '#define SHARED 1\n');
+  const scan = async (receivedAt: number) => {
+    const result = await scanner.scan(compileOf('src/shared.c'), tree, process.env, receivedAt);
+    assert.ok(result.complete, result.complete ? '' : result.reason);
+    return inTree(result.files);
+  };
+  const waiting = performance.now(); // two jobs known to the session by now
+  const first = await scan(waiting);
+  assert.deepEqual(first, ['inc1/pre.h', 'src/shared.c', 'src/shared.h']);
+  // Changed after the round's checks: no recipe that had started by then can depend on it (make
+  // would have waited for whatever made the change), so the second waiting job takes the round.
+  write('inc2/lib/late.h', '#define LATE\n');
+  fs.appendFileSync(path.join(tree, 'src/shared.h'), '#include <lib/late.h>\n');
+  assert.deepEqual(await scan(waiting), first);
+  // A job that arrived after the change starts a new round: the disk is checked again.
+  assert.deepEqual(await scan(performance.now()), [...first, 'inc2/lib/late.h'].sort());
+});
+
 test('comments are blanked, string literals are not comments, directives keep their lines', () => {
   const text = 'a /* x\n#include <no.h>\n*/ b\n"/*" #x\n#include <c.h> // tail\nchar q = \'"\'; // "\n';
   const out = withoutComments(text);

@@ -4,6 +4,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { buildAction, buildInputRoot } from '../client/action-builder';
+import { BacklogGate } from '../client/backlog-gate';
 import { parseCompileCommand } from '../client/compile-args';
 import { actionEnvironment } from '../client/config';
 import { parseDepfile } from '../client/depfile';
@@ -159,4 +160,24 @@ test('a Makefile that sets SHELL to anything but a POSIX sh is found, with where
   for (const same of ['SHELL = /bin/sh', 'SHELL:=sh', 'export SHELL ?= /usr/bin/dash', 'MYSHELL := bash', 'all:\n\tSHELL=/bin/bash ./configure']) {
     assert.equal(found(same + '\n'), undefined, same);
   }
+});
+
+test('the backlog gate holds new jobs while enough actions are in flight, and lets all of them through together', async () => {
+  const gate = new BacklogGate(2);
+  const finish: ((ok: boolean) => void)[] = [];
+  const action = () => gate.executing(() => new Promise<void>((resolve, reject) => finish.push((ok) => (ok ? resolve() : reject(new Error('failed'))))));
+  const first = action();
+  await gate.turn(); // one in flight: not enough to hold anyone
+  const second = action();
+  let through = 0;
+  const held = [gate.turn(), gate.turn(), gate.turn()].map((t) => t.then(() => through++));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(through, 0, 'two actions in flight hold new jobs');
+  // A failed action counts as ended too.
+  finish[0](false);
+  await assert.rejects(first, /failed/);
+  await Promise.all(held);
+  assert.equal(through, 3, 'every held job goes on once fewer are in flight');
+  finish[1](true);
+  await second;
 });
