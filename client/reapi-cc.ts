@@ -95,8 +95,10 @@ async function openRunner(config: ClientConfig) {
   const { BacklogGate } = require('./backlog-gate') as typeof import('./backlog-gate');
   const counters = emptyCounters();
   // The embedded farm's worker takes half as many actions again as it has slots; twice as many
-  // in flight keep it busy. A server's capacity is not known here: its jobs are never held.
-  const gate = new BacklogGate(embeddedDataDir(config) === undefined ? Infinity : 2 * config.workerSlots);
+  // in flight keep it busy, and fewer than its slots leave one idle. A server's capacity is not
+  // known here: its jobs are never held.
+  const slots = config.workerSlots;
+  const gate = embeddedDataDir(config) === undefined ? new BacklogGate(Infinity) : new BacklogGate(2 * slots, slots);
   const runner = new ObjectRunner(
     config, executor, digests, new ManifestStore(config.stateDir), counters, (line) => process.stderr.write(line + '\n'), new IncludeScanner(digests), gate,
   );

@@ -162,22 +162,31 @@ test('a Makefile that sets SHELL to anything but a POSIX sh is found, with where
   }
 });
 
-test('the backlog gate holds new jobs while enough actions are in flight, and lets all of them through together', async () => {
-  const gate = new BacklogGate(2);
+test('the backlog gate holds new jobs while enough actions are in flight, and lets them on one per action that ends', async () => {
+  const gate = new BacklogGate(2, 1);
   const finish: ((ok: boolean) => void)[] = [];
   const action = () => gate.executing(() => new Promise<void>((resolve, reject) => finish.push((ok) => (ok ? resolve() : reject(new Error('failed'))))));
+  const settle = () => new Promise((resolve) => setImmediate(resolve));
   const first = action();
   await gate.turn(); // one in flight: not enough to hold anyone
   const second = action();
   let through = 0;
   const held = [gate.turn(), gate.turn(), gate.turn()].map((t) => t.then(() => through++));
-  await new Promise((resolve) => setImmediate(resolve));
+  await settle();
   assert.equal(through, 0, 'two actions in flight hold new jobs');
-  // A failed action counts as ended too.
-  finish[0](false);
-  await assert.rejects(first, /failed/);
+  finish[0](true);
+  await first;
+  await settle();
+  assert.equal(through, 1, 'an action that ends lets one job on');
+  let late = false;
+  void gate.turn().then(() => (late = true));
+  await settle();
+  assert.equal(late, false, 'a job that comes while others wait waits behind them');
+  // A failed action ends too; with none in flight the farm would run dry: every held job goes on.
+  finish[1](false);
+  await assert.rejects(second, /failed/);
   await Promise.all(held);
-  assert.equal(through, 3, 'every held job goes on once fewer are in flight');
-  finish[1](true);
-  await second;
+  await settle();
+  assert.equal(through, 3);
+  assert.equal(late, true);
 });
