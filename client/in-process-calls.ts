@@ -42,6 +42,10 @@ export class InProcessCalls implements ReapiCalls {
     return data;
   }
 
+  get farmActionsTaken(): number {
+    return this.farm.actionsTaken;
+  }
+
   holdActionMessages(messages: { digest: Digest; data: Buffer }[]): () => void {
     return this.farm.hold(messages);
   }

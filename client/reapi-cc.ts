@@ -90,15 +90,16 @@ async function openRunner(config: ClientConfig) {
   const { ObjectRunner } = require('./object-job') as typeof import('./object-job');
   const { IncludeScanner } = require('./include-scanner') as typeof import('./include-scanner');
   const { emptyCounters, recordCounters } = require('./stats') as typeof import('./stats');
-  const executor = new RemoteExecutor(await connect(config));
+  const calls = await connect(config);
+  const executor = new RemoteExecutor(calls);
   const digests = await DigestCache.open(path.join(config.stateDir, 'digests.json'));
   const { BacklogGate } = require('./backlog-gate') as typeof import('./backlog-gate');
   const counters = emptyCounters();
-  // The embedded farm's worker takes half as many actions again as it has slots; twice as many
-  // in flight keep it busy, and fewer than its slots leave one idle. A server's capacity is not
-  // known here: its jobs are never held.
-  const slots = config.workerSlots;
-  const gate = embeddedDataDir(config) === undefined ? new BacklogGate(Infinity) : new BacklogGate(2 * slots, slots);
+  // Jobs wait while a farm in this process has one action queued beyond all its worker takes,
+  // and all go on when fewer than its slots are in flight. A server's capacity is not known
+  // here: its jobs never wait.
+  const taken = calls.farmActionsTaken;
+  const gate = taken === undefined ? new BacklogGate(Infinity) : new BacklogGate(taken + 1, config.workerSlots);
   const runner = new ObjectRunner(
     config, executor, digests, new ManifestStore(config.stateDir), counters, (line) => process.stderr.write(line + '\n'), new IncludeScanner(digests), gate,
   );

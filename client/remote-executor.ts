@@ -58,6 +58,8 @@ export interface ReapiCalls {
    * in its memory, rather than storing them as blobs, until the returned release.
    */
   holdActionMessages?(messages: { digest: Digest; data: Buffer }[]): () => void;
+  /** Only a farm in this process: how many actions its worker takes from the queue at once. */
+  readonly farmActionsTaken?: number;
   close(): Promise<void>;
 }
 

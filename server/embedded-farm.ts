@@ -14,7 +14,7 @@ import { MemoryActionQueue } from '../scheduler/memory-action-queue';
 import { MemoryOperationStore } from '../scheduler/memory-operation-store';
 import { OperationsService } from '../scheduler/operations-service';
 import { dockerAvailable } from '../worker/docker-available';
-import { DockerWorker } from '../worker/docker-worker';
+import { actionsTaken, DockerWorker } from '../worker/docker-worker';
 import { DockerImageResolver } from '../worker/image-resolver';
 import { claimNumberedWorkDir } from '../worker/work-dir-lock';
 import { startEmbeddedWorker } from './embedded-worker';
@@ -33,6 +33,8 @@ export interface EmbeddedFarm {
   /** The CAS of the default instance, for blobs too large for a batch call. */
   readonly blobs: BlobStore;
   readonly actionCache: ActionCacheService;
+  /** How many actions its worker takes from the queue at once (executing and staged). */
+  readonly actionsTaken: number;
   /**
    * Keeps an action's own messages (Action, Command, Directories) in memory where the farm's
    * execution finds them, instead of storing them, until the returned release: see
@@ -81,6 +83,7 @@ export async function openEmbeddedFarm(opts: EmbeddedFarmOptions): Promise<Embed
     cas: new CasService(storage),
     blobs: storage.cas(''),
     actionCache,
+    actionsTaken: actionsTaken(opts.concurrency),
     hold: (messages) => storage.hold('', messages),
     async execution() {
       const s = await (started ??= start());

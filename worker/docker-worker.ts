@@ -80,10 +80,15 @@ function defaultStageAhead(concurrency: number): number {
   return Math.ceil(concurrency / 2);
 }
 
+/** How many actions a worker takes from the queue at once: executing, and staged ahead. */
+export function actionsTaken(concurrency: number, stageAhead?: number): number {
+  return concurrency + (stageAhead ?? defaultStageAhead(concurrency));
+}
+
 export async function startDockerWorker(opts: DockerWorkerOptions): Promise<DockerWorker> {
   const platform = parseProperties(opts.platform);
   // Every action taken holds a container (or process slot) from staging to its last output.
-  const held = opts.concurrency + (opts.stageAhead ?? defaultStageAhead(opts.concurrency));
+  const held = actionsTaken(opts.concurrency, opts.stageAhead);
   const actionsDir = path.join(opts.workDir, 'actions');
   const cacheDir = path.join(opts.workDir, 'cache');
   // Traversable but not listable: an action cannot discover its neighbours' (random) directories.
